@@ -1,0 +1,47 @@
+# Two commands for a fresh clone (see README): `make test` and `make demo`.
+# Each sets itself up idempotently: Debian packages when run as root, then .venv with everything.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEB_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri
+# DDS stays on this machine, in a domain of our own (tests pick private domains themselves).
+export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
+export ROS_DOMAIN_ID ?= 42
+export MUJOCO_GL ?= egl
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: setup debs test lint demo bench clean
+
+setup: debs $(STAMP)
+
+debs:
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    (apt-get install -y -q $$missing || (apt-get update -q && apt-get install -y -q $$missing)) >/dev/null; \
+	  else echo "warning: missing Debian packages$$missing (run as root or install them); rendering tests will skip"; fi; \
+	fi
+
+$(STAMP): setup.py
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[ros,test]'
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q -ra test
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+demo: setup
+	$(VENV)/bin/imposing-ros demo
+
+bench: setup
+	$(VENV)/bin/imposing-ros bench --json runs/bench.json
+
+clean:
+	rm -rf $(VENV) build install log *.egg-info
