@@ -1,0 +1,39 @@
+"""Strict configuration dataclasses: defaults live in one place, unknown keys are errors."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, TypeVar
+
+T = TypeVar('T')
+
+
+def config_from_dict(cls: type[T], data: dict[str, Any] | None, where: str = '') -> T:
+    """Build dataclass ``cls`` from ``data``, refusing keys it does not declare.
+
+    Lists are turned into tuples where the default is a tuple, so a config read from YAML or a
+    checkpoint compares equal to one built in code. ``where`` names the source in errors.
+    """
+    data = dict(data or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        source = f' in {where}' if where else ''
+        raise ValueError(f'unknown {cls.__name__} key(s){source}: {", ".join(unknown)}; '
+                         f'known keys: {", ".join(fields)}')
+    for name, value in data.items():
+        if isinstance(value, list):
+            data[name] = tuple(value)
+    try:
+        return cls(**data)
+    except (TypeError, ValueError) as exc:
+        source = f' ({where})' if where else ''
+        raise ValueError(f'invalid {cls.__name__}{source}: {exc}') from exc
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """Plain dict (tuples as lists) for checkpoints, JSON and YAML."""
+    out = {}
+    for key, value in dataclasses.asdict(config).items():
+        out[key] = list(value) if isinstance(value, tuple) else value
+    return out

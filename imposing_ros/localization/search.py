@@ -1,0 +1,199 @@
+"""Hierarchical pose-candidate search (paper section 3.1, steps 2 and 5-7).
+
+All tensor code is batched over images and candidates; the loop runs over levels only and never
+reads a value back to the host, so one CUDA graph can capture it. Random numbers are drawn up
+front (:func:`draw_noise`) from a seeded generator, or passed in (TensorRT turns an in-graph
+``randn`` into a constant).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import math
+from typing import Callable, NamedTuple
+
+import torch
+
+from imposing_ros.geometry import (
+    canonical_quat,
+    perturb_poses,
+    weighted_pose_covariance,
+    weighted_quat_average,
+    weighted_quat_average_power,
+)
+from imposing_ros.model.encoders import similarity
+
+SCHEDULES = ('halve', 'inverse', 'constant')
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Hyperparameters of the search; defaults are the paper's (section 4)."""
+
+    # N: candidates scored at every level.
+    num_candidates: int = 4096
+    # K: levels, level 0 (initial candidates) included; K pose-encoder passes per frame.
+    levels: int = 6
+    # B: top-scored candidates kept as components of the Gaussian mixture (eq. 2).
+    top_k: int = 100
+    # Candidates of the last level averaged into the estimate (weights = scores).
+    num_average: int = 256
+    # v: per-axis standard deviation of the proposer (the paper calls it a variance):
+    # x, y, z in metres (map axes, z up), roll, pitch, yaw in degrees (body frame).
+    # The paper lists [8 m, 0.2 m, 8 m, 1, 5, 1 deg] with y as altitude; these are ROS axes.
+    sigma: tuple[float, ...] = (8.0, 8.0, 0.2, 1.0, 1.0, 5.0)
+    # How v shrinks for level k >= 1: 'halve' = v / 2^(k-1) (the paper's text, default: its
+    # finest step, v/16 = 0.5 m at K = 6, is what reaches sub-metre accuracy), 'inverse' = v / k
+    # (eq. 2 as printed), 'constant' = v at every level (no hierarchy; for ablations).
+    schedule: str = 'halve'
+    # Rotation averaging: 'eigh' (Markley, exact) or 'power' (no eigensolver, graph friendly).
+    averaging: str = 'eigh'
+
+    def __post_init__(self):
+        if self.num_candidates < 1 or self.levels < 1:
+            raise ValueError('num_candidates and levels must be >= 1')
+        if not 1 <= self.top_k <= self.num_candidates:
+            raise ValueError(f'top_k must be in [1, num_candidates], got {self.top_k}')
+        if not 1 <= self.num_average <= self.num_candidates:
+            raise ValueError(f'num_average must be in [1, num_candidates], got {self.num_average}')
+        if len(self.sigma) != 6 or any(s < 0 or not math.isfinite(s) for s in self.sigma):
+            raise ValueError(f'sigma must be 6 finite values >= 0, got {self.sigma}')
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f'schedule must be one of {SCHEDULES}, got {self.schedule!r}')
+        if self.averaging not in ('eigh', 'power'):
+            raise ValueError(f"averaging must be 'eigh' or 'power', got {self.averaging!r}")
+
+    def level_sigma(self, level: int) -> torch.Tensor:
+        """Proposer standard deviation ``[6]`` (m, m, m, rad, rad, rad) for ``level >= 1``."""
+        if self.schedule == 'halve':
+            factor = 0.5 ** (level - 1)
+        elif self.schedule == 'inverse':
+            factor = 1.0 / level
+        else:
+            factor = 1.0
+        v = torch.tensor(self.sigma, dtype=torch.float32)
+        v[3:] = torch.deg2rad(v[3:])
+        return v * factor
+
+
+class SearchNoise(NamedTuple):
+    """Random inputs of one search: ``uniform [K-1, B, N]`` picks mixture components,
+    ``normal [K-1, B, N, 6]`` moves the picked poses.
+    """
+
+    uniform: torch.Tensor
+    normal: torch.Tensor
+
+
+class SearchResult(NamedTuple):
+    """Output of :func:`hierarchical_search` for ``B`` images.
+
+    ``pose [B, 7]`` metres + quaternion (x, y, z, w); ``covariance [B, 6, 6]`` ROS layout;
+    ``score [B]`` best final score in [0, 1] (confidence); ``candidates [B, M, 7]`` and
+    ``candidate_scores [B, M]``: the averaged top candidates, best first.
+    """
+
+    pose: torch.Tensor
+    covariance: torch.Tensor
+    score: torch.Tensor
+    candidates: torch.Tensor
+    candidate_scores: torch.Tensor
+
+
+def draw_noise(config: SearchConfig, batch: int, generator: torch.Generator | None = None,
+               device: torch.device | str = 'cpu', levels: int | None = None) -> SearchNoise:
+    """Random inputs for a search of ``batch`` images (seeded through ``generator``)."""
+    levels = config.levels if levels is None else levels
+    shape = (max(levels - 1, 0), batch, config.num_candidates)
+    uniform = torch.rand(shape, generator=generator, device=device)
+    normal = torch.randn((*shape, 6), generator=generator, device=device)
+    return SearchNoise(uniform, normal)
+
+
+def sample_mixture(centers: torch.Tensor, weights: torch.Tensor, uniform: torch.Tensor,
+                   normal: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Draw candidates from the Gaussian mixture of eq. 2, without host synchronisation.
+
+    Args:
+        centers: ``[B, C, 7]`` mixture components (top-scored poses).
+        weights: ``[B, C]`` non-negative mixture weights (normalised here; all-zero -> uniform).
+        uniform: ``[B, N]`` in [0, 1): component choice by inverse CDF.
+        normal: ``[B, N, 6]`` standard normal: offsets scaled by ``sigma [6]``.
+
+    Returns:
+        ``[B, N, 7]`` candidates.
+    """
+    weights = weights + 1e-12  # an all-zero row degrades to a uniform choice
+    cdf = weights.cumsum(dim=-1)
+    cdf = cdf / cdf[..., -1:]
+    index = torch.searchsorted(cdf, uniform.contiguous(), right=True)
+    index = index.clamp_max(centers.shape[1] - 1)
+    picked = torch.gather(centers, 1, index[..., None].expand(*index.shape, 7))
+    return perturb_poses(picked, normal, sigma.to(centers))
+
+
+def gather_poses(poses: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Poses ``[B, N, 7]`` picked by ``index [B, M]`` -> ``[B, M, 7]``."""
+    return torch.gather(poses, 1, index[..., None].expand(*index.shape, poses.shape[-1]))
+
+
+def hierarchical_search(image_codes: torch.Tensor,
+                        encode_poses: Callable[[torch.Tensor], torch.Tensor],
+                        initial_poses: torch.Tensor,
+                        config: SearchConfig,
+                        noise: SearchNoise,
+                        initial_codes: torch.Tensor | None = None,
+                        score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                        ) -> SearchResult:
+    """Localize ``B`` images by scoring candidates level by level.
+
+    Args:
+        image_codes: ``[B, d]`` outputs of the image encoder.
+        encode_poses: maps poses in metres ``[B, N, 7]`` to codes ``[B, N, d]``.
+        initial_poses: level-0 candidates, ``[N, 7]`` shared by all images (global mode) or
+            ``[B, N, 7]`` per image (tracking mode).
+        config: search hyperparameters.
+        noise: random inputs from :func:`draw_noise` (``levels - 1`` entries are used).
+        initial_codes: precomputed codes of shared ``initial_poses`` ``[N, d]``: they do not
+            depend on the image, so callers compute them once per model.
+        score: ``(image_codes [B, d], pose_codes) -> [B, N]``, eq. 1 by default.
+
+    Returns:
+        :class:`SearchResult`.
+    """
+    score = similarity if score is None else score
+    batch = image_codes.shape[0]
+    if initial_poses.ndim == 2:
+        codes = encode_poses(initial_poses) if initial_codes is None else initial_codes
+        scores = score(image_codes, codes)
+        candidates = initial_poses.expand(batch, *initial_poses.shape)
+    else:
+        candidates = initial_poses
+        scores = score(image_codes, encode_poses(candidates))
+    levels = noise.uniform.shape[0] + 1
+    for level in range(1, levels):
+        top_scores, top_index = scores.topk(min(config.top_k, scores.shape[1]), dim=1)
+        centers = gather_poses(candidates, top_index)
+        candidates = sample_mixture(centers, top_scores, noise.uniform[level - 1],
+                                    noise.normal[level - 1], config.level_sigma(level))
+        scores = score(image_codes, encode_poses(candidates))
+    return average_top(candidates, scores, config)
+
+
+def average_top(candidates: torch.Tensor, scores: torch.Tensor,
+                config: SearchConfig) -> SearchResult:
+    """Score-weighted average of the ``num_average`` best candidates (paper step 7)."""
+    top_scores, top_index = scores.topk(min(config.num_average, scores.shape[1]), dim=1)
+    top = gather_poses(candidates, top_index)
+    weights = top_scores + 1e-12
+    norm = weights / weights.sum(dim=1, keepdim=True)
+    translation = (norm[..., None] * top[..., :3]).sum(dim=1)
+    if config.averaging == 'eigh':
+        quat = weighted_quat_average(top[..., 3:], norm)
+    else:
+        quat = weighted_quat_average_power(top[..., 3:], norm)
+    pose = torch.cat([translation, canonical_quat(quat)], dim=-1)
+    covariance = weighted_pose_covariance(top, norm, pose)
+    # Keep it positive definite when all candidates coincide (numerical floor, not a prior).
+    covariance = covariance + 1e-9 * torch.eye(6, dtype=covariance.dtype, device=covariance.device)
+    return SearchResult(pose, covariance, top_scores[:, 0], top, top_scores)

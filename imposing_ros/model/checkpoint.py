@@ -1,0 +1,99 @@
+"""Checkpoint format: safe to load (``weights_only=True``), strict, self-describing.
+
+A checkpoint is a dict of plain Python values and tensors:
+
+``format``, ``code_version``, ``model_config``, ``scenes`` (name -> map: normalisation and
+initial poses), ``state_dict``, ``seed``, and, from training, ``train_config``, ``epoch``,
+``optimizer`` and ``history``. The model is rebuilt from ``model_config`` and its weights loaded
+with ``strict=True``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+import tempfile
+from typing import Any
+
+import torch
+
+from imposing_ros import __version__
+from imposing_ros.config import config_from_dict, config_to_dict
+from imposing_ros.model.encoders import ModelConfig
+from imposing_ros.model.imposing import ImPosing, SceneMap
+
+FORMAT = 'imposing_ros.checkpoint/1'
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable, or does not fit the model it describes."""
+
+
+def save_checkpoint(path: str | Path, model: ImPosing, seed: int, half: bool = False,
+                    **extra: Any) -> Path:
+    """Write ``model`` (and ``extra`` training state) atomically to ``path``.
+
+    ``half`` stores floating point weights as fp16 (the committed demo model: half the bytes;
+    they are cast back to fp32 at load).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.half() if half and v.is_floating_point() else v).cpu()
+             for k, v in model.state_dict().items()}
+    payload = {
+        'format': FORMAT,
+        'code_version': __version__,
+        'model_config': config_to_dict(model.config),
+        'scenes': {name: m.to_dict() for name, m in model.maps.items()},
+        'state_dict': state,
+        'seed': int(seed),
+        **extra,
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load the raw checkpoint dict safely, with one clear error naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f'checkpoint {path}: file not found')
+    try:
+        data = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt or foreign files
+        raise CheckpointError(f'checkpoint {path}: not a readable checkpoint '
+                              f'({type(exc).__name__}: {str(exc).splitlines()[0]})') from exc
+    if not isinstance(data, dict) or data.get('format') != FORMAT:
+        found = data.get('format') if isinstance(data, dict) else type(data).__name__
+        raise CheckpointError(f'checkpoint {path}: format is {found!r}, expected {FORMAT!r}')
+    for key in ('model_config', 'scenes', 'state_dict', 'seed'):
+        if key not in data:
+            raise CheckpointError(f'checkpoint {path}: missing key {key!r}')
+    return data
+
+
+def load_model(path: str | Path, device: str | torch.device = 'cpu'
+               ) -> tuple[ImPosing, dict[str, Any]]:
+    """Rebuild the model of checkpoint ``path`` in eval mode; return it and the raw dict."""
+    data = read_checkpoint(path)
+    try:
+        config = config_from_dict(ModelConfig, data['model_config'], where=str(path))
+        maps = {name: SceneMap.from_dict(m) for name, m in data['scenes'].items()}
+        model = ImPosing(config, maps)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f'checkpoint {path}: invalid model description: {exc}') from exc
+    state = {k: v.float() if v.is_floating_point() else v for k, v in data['state_dict'].items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else ''
+        raise CheckpointError(f'checkpoint {path}: weights do not match the model: {first} '
+                              f'{str(exc)[:400]}') from exc
+    return model.to(device).eval(), data

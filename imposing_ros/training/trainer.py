@@ -1,0 +1,313 @@
+"""Training (paper section 3.2): scores supervised at every level of the candidate search.
+
+Runs on one process or under ``torchrun --nproc_per_node=N`` (DistributedDataParallel; gloo on
+CPU, nccl on CUDA). Checkpoints hold the model config, the seed, the maps (normalisation and
+initial candidates), the train config, the optimizer and the history, and training resumes
+from them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import logging
+import math
+import os
+from pathlib import Path
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from torchvision.transforms import v2
+from tqdm import tqdm
+
+from imposing_ros.config import config_to_dict
+from imposing_ros.geometry import canonical_poses, MapNormalization, perturb_poses
+from imposing_ros.localization.search import gather_poses, sample_mixture, SearchConfig
+from imposing_ros.model.checkpoint import load_model, read_checkpoint, save_checkpoint
+from imposing_ros.model.encoders import ModelConfig
+from imposing_ros.model.imposing import ImPosing, SceneMap
+from imposing_ros.training.losses import score_loss, target_scores
+
+LOGGER = logging.getLogger('imposing_ros.training')
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training hyperparameters (paper section 4 where it gives them)."""
+
+    epochs: int = 250
+    batch_size: int = 16
+    # Adam at a constant learning rate (paper: 1e-4).
+    lr: float = 1e-4
+    # Candidates per level during training; inference uses SearchConfig.num_candidates (4096).
+    # Fewer here keeps a CPU step affordable; every level is still supervised.
+    num_candidates: int = 1024
+    levels: int = 6
+    # Mixture components; half come from the top predicted scores, half from the top targets.
+    top_k: int = 100
+    # Proposer standard deviation, as SearchConfig.sigma (m and degrees, ROS axes).
+    sigma: tuple[float, ...] = (8.0, 8.0, 0.2, 1.0, 1.0, 5.0)
+    schedule: str = 'halve'
+    # Eq. 3 weights: lambda_t per normalised map unit, lambda_r per degree.
+    lambda_t: float = 5.0
+    lambda_r: float = 0.1
+    # Appearance augmentation for day / night / weather change (photometric only: geometric
+    # changes would break the image-pose correspondence).
+    augment: bool = True
+    # Validate (median error of the full search on held-out frames) every N epochs; 0 = never.
+    val_every: int = 5
+    val_frames: int = 64
+    checkpoint_every: int = 1
+    num_workers: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1 or self.num_candidates < 2:
+            raise ValueError('epochs, batch_size must be >= 1 and num_candidates >= 2')
+        if not 0 < self.lr < 1:
+            raise ValueError(f'lr must be in (0, 1), got {self.lr}')
+        if not 2 <= self.top_k <= self.num_candidates:
+            raise ValueError('top_k must be in [2, num_candidates]')
+        SearchConfig(num_candidates=self.num_candidates, levels=self.levels, top_k=self.top_k,
+                     sigma=self.sigma, schedule=self.schedule, num_average=1)
+
+    def search_config(self) -> SearchConfig:
+        """The proposer settings as a SearchConfig."""
+        return SearchConfig(num_candidates=self.num_candidates, levels=self.levels,
+                            top_k=self.top_k, sigma=self.sigma, schedule=self.schedule,
+                            num_average=min(256, self.num_candidates))
+
+
+def appearance_augmentation() -> Callable[[torch.Tensor], torch.Tensor]:
+    """Photometric changes of the kind day/night, weather and camera exposure produce."""
+    return v2.Compose([
+        v2.RandomApply([v2.ColorJitter(brightness=0.6, contrast=0.5, saturation=0.6,
+                                       hue=0.05)], p=0.9),
+        v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=0.3),
+        v2.RandomGrayscale(p=0.1),
+        v2.RandomApply([v2.GaussianNoise(sigma=0.03)], p=0.3),
+    ])
+
+
+class ScoreLoss(nn.Module):
+    """One training step's forward pass: image codes, candidates at every level, eq. 5 loss.
+
+    A module of its own so that DistributedDataParallel wraps one forward.
+    """
+
+    def __init__(self, model: ImPosing, config: TrainConfig):
+        super().__init__()
+        self.model = model
+        self.config = config
+        self.search = config.search_config()
+
+    def forward(self, images: torch.Tensor, poses: torch.Tensor, scene: str,
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss and final-level predicted scores for ``images [B, 3, H, W]``, ``poses [B, 7]``."""
+        cfg, model = self.config, self.model
+        scene_map = model.maps[scene]
+        scale = scene_map.normalization.scale
+        image_codes = model.encode_images(images, scene)
+        batch, device = images.shape[0], images.device
+        n = cfg.num_candidates
+        # Level 0: a random subset of the initial candidates, uniform noise in [-v, v].
+        reference = scene_map.initial_poses.to(device)
+        pick = torch.randint(len(reference), (n,), generator=generator, device=device)
+        sigma0 = self.search.level_sigma(1).to(device)
+        noise = torch.rand((n, 6), generator=generator, device=device) * 2 - 1
+        candidates = perturb_poses(reference[pick], noise, sigma0).expand(batch, n, 7)
+        predicted, targets = [], []
+        for level in range(cfg.levels):
+            if level > 0:
+                candidates = self._propose(candidates, predicted[-1].detach(), targets[-1],
+                                           level, generator)
+            codes = model.encode_poses(candidates if level else candidates[0], scene)
+            predicted.append(model.score(image_codes, codes))
+            targets.append(target_scores(poses, candidates, scale, cfg.lambda_t, cfg.lambda_r))
+        return score_loss(predicted, targets), predicted[-1].detach()
+
+    @torch.no_grad()
+    def _propose(self, candidates, predicted, target, level, generator):
+        half = self.config.top_k // 2
+        top_p, idx_p = predicted.topk(self.config.top_k - half, dim=1)
+        top_t, idx_t = target.topk(half, dim=1)
+        centers = torch.cat([gather_poses(candidates, idx_p), gather_poses(candidates, idx_t)],
+                            dim=1)
+        weights = torch.cat([top_p, top_t], dim=1)
+        shape = candidates.shape[:2]
+        uniform = torch.rand(shape, generator=generator, device=candidates.device)
+        normal = torch.randn((*shape, 6), generator=generator, device=candidates.device)
+        return sample_mixture(centers, weights, uniform, normal, self.search.level_sigma(level))
+
+
+def build_scene_map(poses: np.ndarray, num_initial: int, seed: int) -> SceneMap:
+    """Map of a scene from its reference poses ``[M, 7]``: normalisation + initial candidates.
+
+    Initial candidates are ``num_initial`` reference poses spread evenly through the set (with
+    repetition when there are fewer).
+    """
+    poses_t = torch.as_tensor(np.asarray(poses), dtype=torch.float64)
+    if poses_t.ndim != 2 or poses_t.shape[1] != 7 or len(poses_t) == 0:
+        raise ValueError(f'reference poses must be [M>0, 7], got {tuple(poses_t.shape)}')
+    normalization = MapNormalization.from_positions(poses_t[:, :3])
+    g = torch.Generator().manual_seed(seed)
+    if len(poses_t) >= num_initial:
+        index = torch.randperm(len(poses_t), generator=g)[:num_initial].sort().values
+    else:
+        index = torch.randint(len(poses_t), (num_initial,), generator=g)
+    return SceneMap(normalization, canonical_poses(poses_t[index].float()))
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size); initialises the process group under torchrun."""
+    world = int(os.environ.get('WORLD_SIZE', '1'))
+    if world > 1 and not dist.is_initialized():
+        backend = 'nccl' if torch.cuda.is_available() else 'gloo'
+        dist.init_process_group(backend)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', '0')))
+    if world > 1:
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@dataclass
+class SceneData:
+    """What the trainer needs of one scene: training and validation datasets."""
+
+    train: torch.utils.data.Dataset
+    val: torch.utils.data.Dataset | None
+    reference_poses: np.ndarray
+
+
+def train(scenes: dict[str, SceneData], out: str | Path, model_config: ModelConfig,
+          train_config: TrainConfig, search_config: SearchConfig | None = None,
+          resume: bool = True, backbone_weights: str | None = None,
+          device: str | None = None) -> Path:
+    """Train a (multi-scene) model; return the path of the last checkpoint.
+
+    ``out`` is a directory: ``last.pt`` is written every ``checkpoint_every`` epochs and
+    ``best.pt`` at the best validation median error. An existing ``last.pt`` is resumed when
+    ``resume`` is set (its configs must match).
+    """
+    rank, world = _distributed()
+    cfg = train_config
+    out = Path(out)
+    last = out / 'last.pt'
+    device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    torch.manual_seed(cfg.seed)
+    search_config = search_config or SearchConfig()
+
+    history: list[dict] = []
+    start_epoch = 0
+    if resume and last.is_file():
+        data = read_checkpoint(last)
+        if data.get('train_config') != config_to_dict(cfg) or \
+                data['model_config'] != config_to_dict(model_config):
+            raise ValueError(f'{last}: exists with other configs; pass resume=False or another '
+                             f'output directory')
+        model, _ = load_model(last, device)
+        start_epoch, history = int(data['epoch']), list(data.get('history', []))
+        optimizer_state = data.get('optimizer')
+        LOGGER.info('resuming %s at epoch %d', last, start_epoch)
+    else:
+        maps = {name: build_scene_map(s.reference_poses, search_config.num_candidates,
+                                      cfg.seed) for name, s in scenes.items()}
+        model = ImPosing(model_config, maps)
+        if backbone_weights:
+            model.image_encoder.load_backbone_weights(backbone_weights)
+        model = model.to(device)
+        optimizer_state = None
+    if set(model.scenes) != set(scenes):
+        raise ValueError(f"scenes {sorted(scenes)} differ from the model's {model.scenes}")
+
+    step = ScoreLoss(model, cfg).to(device)
+    ddp = DistributedDataParallel(step, find_unused_parameters=len(scenes) > 1) \
+        if world > 1 else step
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    augment = appearance_augmentation() if cfg.augment else None
+
+    loaders = {}
+    for name, s in scenes.items():
+        if len(s.train) == 0:
+            raise ValueError(f'scene {name!r}: the training set is empty')
+        if augment is not None and hasattr(s.train, 'transform'):
+            s.train.transform = augment
+        sampler = DistributedSampler(s.train, world, rank, seed=cfg.seed) if world > 1 else None
+        loaders[name] = DataLoader(
+            s.train, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+            num_workers=cfg.num_workers, drop_last=len(s.train) >= cfg.batch_size * world,
+            generator=torch.Generator().manual_seed(cfg.seed))
+    generator = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank)
+    best = min((h['val_median_m'] for h in history if 'val_median_m' in h), default=math.inf)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        for loader in loaders.values():
+            if isinstance(loader.sampler, DistributedSampler):
+                loader.sampler.set_epoch(epoch)
+        t0, losses = time.perf_counter(), []
+        batches = [(name, b) for name, loader in loaders.items() for b in loader]
+        bar = tqdm(batches, desc=f'epoch {epoch + 1}/{cfg.epochs}', disable=rank != 0,
+                   leave=False, dynamic_ncols=True)
+        for name, (images, poses) in bar:
+            loss, _ = ddp(images.to(device), poses.to(device), name, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f'{losses[-1]:.4f}')
+        record = {'epoch': epoch + 1, 'loss': float(np.mean(losses)) if losses else math.nan,
+                  'seconds': time.perf_counter() - t0}
+        is_best = False
+        if rank == 0 and cfg.val_every and (epoch + 1) % cfg.val_every == 0:
+            record.update(_validate(model, scenes, search_config, cfg, device))
+            if record.get('val_median_m', math.inf) < best:
+                best, is_best = record['val_median_m'], True
+        history.append(record)
+        if rank == 0:
+            LOGGER.info('epoch %d: %s', epoch + 1,
+                        ', '.join(f'{k} {v:.4g}' for k, v in record.items() if k != 'epoch'))
+            extra = dict(train_config=config_to_dict(cfg), epoch=epoch + 1, history=history,
+                         optimizer=optimizer.state_dict())
+            if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
+                save_checkpoint(last, model, cfg.seed, **extra)
+            if is_best:
+                save_checkpoint(out / 'best.pt', model, cfg.seed, **extra)
+    if world > 1:
+        dist.barrier()
+    return last
+
+
+@torch.no_grad()
+def _validate(model: ImPosing, scenes: dict[str, SceneData], search: SearchConfig,
+              cfg: TrainConfig, device: torch.device) -> dict:
+    """Median translation / rotation error of the full search on a few held-out frames."""
+    from imposing_ros.evaluation.metrics import pose_errors
+    from imposing_ros.localization.localizer import search_batch
+
+    model.eval()
+    errors_t, errors_r = [], []
+    for name, s in scenes.items():
+        if s.val is None or len(s.val) == 0:
+            continue
+        count = min(cfg.val_frames, len(s.val))
+        index = np.linspace(0, len(s.val) - 1, count).round().astype(int)
+        images = torch.stack([s.val[i][0] for i in index]).to(device)
+        truth = torch.stack([s.val[i][1] for i in index])
+        result = search_batch(model, images, name, search, seed=cfg.seed)
+        et, er = pose_errors(result.pose.cpu(), truth)
+        errors_t.append(et)
+        errors_r.append(er)
+    model.train()
+    if not errors_t:
+        return {}
+    et, er = torch.cat(errors_t), torch.cat(errors_r)
+    return {'val_median_m': float(et.median()), 'val_median_deg': float(er.median())}
