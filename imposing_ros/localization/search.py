@@ -77,8 +77,10 @@ class SearchConfig:
 
 
 class SearchNoise(NamedTuple):
-    """Random inputs of one search: ``uniform [K-1, B, N]`` picks mixture components,
-    ``normal [K-1, B, N, 6]`` moves the picked poses.
+    """Random inputs of one search.
+
+    ``uniform [K-1, B, N]`` picks mixture components, ``normal [K-1, B, N, 6]`` moves the picked
+    poses.
     """
 
     uniform: torch.Tensor

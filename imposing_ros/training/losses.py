@@ -31,8 +31,10 @@ def target_scores(true_poses: torch.Tensor, candidates: torch.Tensor, scale: flo
 
 
 def score_loss(predicted: list[torch.Tensor], targets: list[torch.Tensor]) -> torch.Tensor:
-    """Eq. 5: L1 between predicted and target scores, mean over candidates (and images),
-    summed over levels. Both lists hold one ``[B, N]`` tensor per level.
+    """Eq. 5: L1 between predicted and target scores.
+
+    Mean over candidates (and images), summed over levels. Both lists hold one ``[B, N]`` tensor
+    per level.
     """
     if len(predicted) != len(targets) or not predicted:
         raise ValueError('predicted and targets need one [B, N] tensor per level')

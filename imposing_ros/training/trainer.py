@@ -14,7 +14,7 @@ import math
 import os
 from pathlib import Path
 import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -185,11 +185,19 @@ class SceneData:
     reference_poses: np.ndarray
 
 
+class TrainResult(NamedTuple):
+    """What :func:`train` returns: the last checkpoint, the trained model, the history."""
+
+    checkpoint: Path
+    model: ImPosing
+    history: list
+
+
 def train(scenes: dict[str, SceneData], out: str | Path, model_config: ModelConfig,
           train_config: TrainConfig, search_config: SearchConfig | None = None,
           resume: bool = True, backbone_weights: str | None = None,
-          device: str | None = None) -> Path:
-    """Train a (multi-scene) model; return the path of the last checkpoint.
+          device: str | None = None) -> TrainResult:
+    """Train a (multi-scene) model (see :class:`TrainResult`).
 
     ``out`` is a directory: ``last.pt`` is written every ``checkpoint_every`` epochs and
     ``best.pt`` at the best validation median error. An existing ``last.pt`` is resumed when
@@ -207,8 +215,12 @@ def train(scenes: dict[str, SceneData], out: str | Path, model_config: ModelConf
     start_epoch = 0
     if resume and last.is_file():
         data = read_checkpoint(last)
-        if data.get('train_config') != config_to_dict(cfg) or \
-                data['model_config'] != config_to_dict(model_config):
+
+        def same(saved, current):  # the epoch count may grow to train longer
+            return {k: v for k, v in (saved or {}).items() if k != 'epochs'} == \
+                {k: v for k, v in config_to_dict(current).items() if k != 'epochs'}
+        if not same(data.get('train_config'), cfg) or \
+                not same(data['model_config'], model_config):
             raise ValueError(f'{last}: exists with other configs; pass resume=False or another '
                              f'output directory')
         model, _ = load_model(last, device)
@@ -255,8 +267,8 @@ def train(scenes: dict[str, SceneData], out: str | Path, model_config: ModelConf
                 loader.sampler.set_epoch(epoch)
         t0, losses = time.perf_counter(), []
         batches = [(name, b) for name, loader in loaders.items() for b in loader]
-        bar = tqdm(batches, desc=f'epoch {epoch + 1}/{cfg.epochs}', disable=rank != 0,
-                   leave=False, dynamic_ncols=True)
+        bar = tqdm(batches, desc=f'epoch {epoch + 1}/{cfg.epochs}', leave=False,
+                   disable=True if rank else None, dynamic_ncols=True)  # None: off if no tty
         for name, (images, poses) in bar:
             loss, _ = ddp(images.to(device), poses.to(device), name, generator)
             optimizer.zero_grad(set_to_none=True)
@@ -283,7 +295,7 @@ def train(scenes: dict[str, SceneData], out: str | Path, model_config: ModelConf
                 save_checkpoint(out / 'best.pt', model, cfg.seed, **extra)
     if world > 1:
         dist.barrier()
-    return last
+    return TrainResult(last, model, history)
 
 
 @torch.no_grad()

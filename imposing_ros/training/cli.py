@@ -1,0 +1,118 @@
+"""Train an ImPosing model on posed images (plain folder, rosbag2 or public datasets).
+
+Datasets are given as ``[SCENE=]SPEC`` (see :func:`imposing_ros.data.datasets.open_dataset`):
+specs with the same scene name are joined; several scenes make a multi-scene model (one shared
+backbone, one head and pose encoder per scene). The YAML ``--config`` has up to three strict
+sections, ``model`` (ModelConfig), ``train`` (TrainConfig) and ``search`` (SearchConfig);
+command-line flags override single keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+import itertools
+import logging
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from imposing_ros.config import config_from_dict
+from imposing_ros.data.cache import CachedPosedImages, ImageCache
+from imposing_ros.localization.search import SearchConfig
+from imposing_ros.model.encoders import ModelConfig
+from imposing_ros.training.trainer import SceneData, train, TrainConfig
+
+LOGGER = logging.getLogger('imposing_ros.training')
+DEFAULT_SCENE = 'default'
+
+
+def parse_scene_spec(text: str) -> tuple[str, str]:
+    """``'scene=spec'`` -> (scene, spec); a bare spec belongs to the default scene.
+
+    A spec that itself contains '=' before any path separator is not expected.
+    """
+    head, sep, tail = text.partition('=')
+    if sep and '/' not in head and ':' not in head and head:
+        return head, tail
+    return DEFAULT_SCENE, text
+
+
+def load_configs(path: str | None) -> tuple[ModelConfig, TrainConfig, SearchConfig]:
+    """Strict configs from a YAML file (missing sections keep their defaults)."""
+    data = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f'config file not found: {p}')
+        data = yaml.safe_load(p.read_text()) or {}
+        unknown = set(data) - {'model', 'train', 'search'}
+        if unknown:
+            raise ValueError(f'{p}: unknown section(s) {sorted(unknown)}; '
+                             f'expected model, train, search')
+    return (config_from_dict(ModelConfig, data.get('model'), f'{path}: model'),
+            config_from_dict(TrainConfig, data.get('train'), f'{path}: train'),
+            config_from_dict(SearchConfig, data.get('search'), f'{path}: search'))
+
+
+def build_cache(specs: list[str], root: Path, size: tuple[int, int]) -> ImageCache:
+    """One image cache for the datasets ``specs`` (reused when their content is unchanged)."""
+    from imposing_ros.data.datasets import open_dataset
+
+    readers = [open_dataset(s) for s in specs]
+    key = '|'.join(r.cache_key() for r in readers)
+    frames = itertools.chain.from_iterable(readers)
+    return ImageCache.build(frames, root, size, key=key)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``imposing-ros train``."""
+    parser.add_argument('--train', action='append', required=True, metavar='[SCENE=]SPEC',
+                        help='training dataset (repeatable)')
+    parser.add_argument('--val', action='append', default=[], metavar='[SCENE=]SPEC',
+                        help='validation dataset (repeatable)')
+    parser.add_argument('--out', required=True, help='output directory (checkpoints, cache)')
+    parser.add_argument('--config', help='YAML with model / train / search sections')
+    parser.add_argument('--epochs', type=int, help='override train.epochs')
+    parser.add_argument('--batch-size', type=int, help='override train.batch_size')
+    parser.add_argument('--backbone', help='override model.backbone')
+    parser.add_argument('--backbone-weights', help='local torchvision weights to initialise from')
+    parser.add_argument('--device', help='cpu or cuda (default: cuda if available)')
+    parser.add_argument('--no-resume', action='store_true', help='ignore an existing last.pt')
+    parser.add_argument('--cache', help='image cache directory (default: OUT/cache)')
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry of ``imposing-ros train``."""
+    model_cfg, train_cfg, search_cfg = load_configs(args.config)
+    if args.epochs is not None:
+        train_cfg = replace(train_cfg, epochs=args.epochs)
+    if args.batch_size is not None:
+        train_cfg = replace(train_cfg, batch_size=args.batch_size)
+    if args.backbone is not None:
+        model_cfg = replace(model_cfg, backbone=args.backbone)
+    out = Path(args.out)
+    cache_root = Path(args.cache) if args.cache else out / 'cache'
+    grouped: dict[str, dict[str, list[str]]] = {}
+    for split in ('train', 'val'):
+        for text in getattr(args, split):
+            scene, spec = parse_scene_spec(text)
+            grouped.setdefault(scene, {'train': [], 'val': []})[split].append(spec)
+    scenes = {}
+    for scene, specs in grouped.items():
+        if not specs['train']:
+            raise ValueError(f'scene {scene!r} has validation data but no training data')
+        train_cache = build_cache(specs['train'], cache_root / f'{scene}-train',
+                                  model_cfg.image_size)
+        val_cache = build_cache(specs['val'], cache_root / f'{scene}-val',
+                                model_cfg.image_size) if specs['val'] else None
+        scenes[scene] = SceneData(CachedPosedImages(train_cache),
+                                  CachedPosedImages(val_cache) if val_cache else None,
+                                  np.asarray(train_cache.poses))
+        LOGGER.info('scene %s: %d training, %d validation frames', scene, len(train_cache),
+                    len(val_cache) if val_cache else 0)
+    result = train(scenes, out, model_cfg, train_cfg, search_cfg, resume=not args.no_resume,
+                 backbone_weights=args.backbone_weights, device=args.device)
+    print(f'checkpoint: {result.checkpoint}')
+    return 0

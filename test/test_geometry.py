@@ -1,0 +1,128 @@
+"""Geometry against independent references (scipy, transforms3d) and brute force."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+import torch
+
+from imposing_ros import geometry as geo
+
+
+def random_quats(n, seed=0):
+    return torch.from_numpy(Rotation.random(n, random_state=seed).as_quat()).float()
+
+
+def test_rpy_matches_scipy_extrinsic_xyz():
+    rpy = torch.tensor([[0.1, -0.2, 1.3], [-2.0, 0.4, -3.0]])
+    ref = Rotation.from_euler('xyz', rpy.numpy()).as_quat()
+    ours = geo.rpy_to_quat(rpy).numpy()
+    assert np.allclose(np.abs((ours * ref).sum(-1)), 1.0, atol=1e-6)
+
+
+def test_rotation_distance_matches_scipy():
+    q1, q2 = random_quats(50, 1), random_quats(50, 2)
+    ref = (Rotation.from_quat(q1.numpy()).inv() * Rotation.from_quat(q2.numpy())).magnitude()
+    assert np.allclose(geo.rotation_distance(q1, q2).numpy(), ref, atol=1e-5)
+    # q and -q are the same rotation
+    assert torch.allclose(geo.rotation_distance(q1, -q1), torch.zeros(50), atol=1e-3)
+
+
+def test_perturb_moves_translation_in_map_and_rotation_in_body_frame():
+    q = random_quats(20, 3)
+    poses = torch.cat([torch.randn(20, 3), q], dim=-1)
+    noise = torch.randn(20, 6)
+    sigma = torch.tensor([8.0, 8.0, 0.2, 0.1, 0.1, 0.3])
+    out = geo.perturb_poses(poses, noise, sigma)
+    delta = (noise * sigma).numpy()
+    assert np.allclose(out[:, :3].numpy(), poses[:, :3].numpy() + delta[:, :3], atol=1e-5)
+    ref = Rotation.from_quat(q.numpy()) * Rotation.from_euler('xyz', delta[:, 3:])
+    err = (ref.inv() * Rotation.from_quat(out[:, 3:].numpy())).magnitude()
+    assert err.max() < 1e-5
+    assert (out[:, 6] >= 0).all()
+
+
+def test_markley_average_matches_scipy_and_brute_force():
+    rng = np.random.default_rng(4)
+    center = Rotation.random(random_state=5)
+    rots = center * Rotation.from_rotvec(rng.normal(0, 0.2, (40, 3)))
+    quats = torch.from_numpy(rots.as_quat()).float()
+    quats[::3] *= -1  # sign must not matter
+    weights = torch.from_numpy(rng.uniform(0.1, 1.0, 40)).float()
+    ours = geo.weighted_quat_average(quats, weights)
+    ref = Rotation.from_quat(quats.numpy()).mean(weights=weights.numpy())
+    assert (ref.inv() * Rotation.from_quat(ours.numpy())).magnitude() < 1e-4
+
+    # Brute force: no unit quaternion scores higher on Markley's objective.
+    def objective(v):
+        return (weights[:, None] * (quats @ v.T) ** 2).sum(0)
+    trials = torch.nn.functional.normalize(torch.randn(20000, 4), dim=-1)
+    near = torch.nn.functional.normalize(ours + 0.05 * torch.randn(20000, 4), dim=-1)
+    best = objective(ours[None])[0]
+    assert best >= objective(trials).max() - 1e-5
+    assert best >= objective(near).max() - 1e-5
+
+
+def test_power_iteration_average_equals_eigh():
+    rng = np.random.default_rng(6)
+    centers = Rotation.random(8, random_state=7)
+    quats = torch.stack([torch.from_numpy(
+        (c * Rotation.from_rotvec(rng.normal(0, 0.1, (64, 3)))).as_quat()).float()
+        for c in centers])
+    weights = torch.rand(8, 64)
+    exact = geo.weighted_quat_average(quats, weights)
+    power = geo.weighted_quat_average_power(quats, weights)
+    assert geo.rotation_distance(exact, power).max() < 1e-3
+
+
+def test_weighted_covariance_matches_numpy():
+    rng = np.random.default_rng(8)
+    poses = torch.cat([torch.from_numpy(rng.normal(0, 2.0, (100, 3))).float(),
+                       torch.from_numpy((Rotation.from_rotvec(rng.normal(0, 0.05, (100, 3))))
+                                        .as_quat()).float()], -1)
+    weights = torch.from_numpy(rng.uniform(0, 1, 100)).float()
+    mean = torch.tensor([0.1, -0.2, 0.3, 0.0, 0.0, 0.0, 1.0])
+    cov = geo.weighted_pose_covariance(poses, weights, mean).numpy()
+    w = weights.numpy() / weights.numpy().sum()
+    d = poses[:, :3].numpy() - mean[:3].numpy()
+    assert np.allclose(cov[:3, :3], (w[:, None, None] * d[:, :, None] * d[:, None, :]).sum(0),
+                       atol=1e-4)
+    rv = Rotation.from_quat(poses[:, 3:].numpy()).as_rotvec()  # mean rotation is identity
+    assert np.allclose(cov[3:, 3:], (w[:, None, None] * rv[:, :, None] * rv[:, None, :]).sum(0),
+                       atol=1e-6)
+    assert np.allclose(cov, cov.T, atol=1e-7)
+
+
+def test_map_normalization_round_trip_and_range():
+    positions = torch.tensor([[100.0, -50.0, 1.0], [1100.0, 450.0, 3.0], [600.0, 0.0, 2.0]])
+    norm = geo.MapNormalization.from_positions(positions)
+    assert norm.scale == pytest.approx(1000.0)
+    poses = torch.cat([positions, torch.tensor([[0.0, 0, 0, 1]]).expand(3, 4)], -1)
+    normalized = norm.normalize(poses)
+    assert normalized[:, :3].abs().max() <= 0.5 + 1e-6
+    assert torch.allclose(norm.denormalize(normalized), poses, atol=1e-4)
+    assert geo.MapNormalization.from_dict(norm.to_dict()) == norm
+
+
+def test_scalar_conversions_match_transforms3d_order():
+    q = Rotation.from_euler('xyz', [0.3, -0.1, 2.0]).as_quat()  # xyzw
+    m = geo.quat_xyzw_to_matrix(q)
+    assert np.allclose(m, Rotation.from_quat(q).as_matrix())
+    pose = np.array([1.0, 2.0, 3.0, *q])
+    back = geo.matrix_to_pose(geo.pose_to_matrix(pose))
+    assert np.allclose(np.abs(back[3:] @ q), 1.0) and np.allclose(back[:3], pose[:3])
+    assert geo.yaw_of_quat(q) == pytest.approx(2.0)
+    # optical z axis is the body x axis (forward)
+    assert np.allclose(geo.T_camera_optical()[:3, :3] @ [0, 0, 1], [1, 0, 0])
+
+
+@pytest.mark.parametrize('bad, message', [
+    (torch.zeros(3, 6), 'shape'),
+    (torch.tensor([[0.0, 0, 0, 0, 0, 0, 1], [math.nan, 0, 0, 0, 0, 0, 1]]), 'NaN'),
+    (torch.zeros(2, 7), 'zero quaternion'),
+    (torch.zeros(2, 7, dtype=torch.int64), 'floating'),
+])
+def test_check_poses_rejects_bad_input(bad, message):
+    with pytest.raises(ValueError, match=message):
+        geo.check_poses(bad)
