@@ -1,1 +1,1 @@
-"""evaluation."""
+"""Metrics, evaluation and benchmarks."""

@@ -1,1 +1,1 @@
-"""filtering."""
+"""Motion-model filter (pure numpy)."""

@@ -1,1 +1,1 @@
-"""localization."""
+"""Hierarchical candidate search and the single-image localizer."""

@@ -1,1 +1,1 @@
-"""model."""
+"""Image and pose encoders, the ImPosing model and its checkpoint format."""

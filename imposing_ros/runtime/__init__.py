@@ -1,1 +1,1 @@
-"""runtime."""
+"""Inference backends and model export."""

@@ -1,1 +1,1 @@
-"""sim."""
+"""Scene simulator on real OpenStreetMap geometry."""

@@ -1,1 +1,1 @@
-"""training."""
+"""Losses, trainer (single process or DistributedDataParallel) and the train command."""
