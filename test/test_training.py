@@ -104,3 +104,25 @@ def test_bad_training_input(road_data, tmp_path):
         build_scene_map(np.zeros((0, 7)), 16, 0)
     with pytest.raises(ValueError, match='no frames'):
         ImageCache.build(iter(()), tmp_path / 'none', (32, 64))
+
+
+def test_multi_scene_training_shares_the_backbone(tmp_path):
+    from imposing_ros.model.imposing import ImPosing
+    caches = {}
+    for i, name in enumerate(('north', 'south')):
+        road = SyntheticRoad(length=100.0, size=(32, 64), seed=10 + i)
+        cache = ImageCache.build(road.frames(32, seed=i), tmp_path / name, (32, 64))
+        caches[name] = SceneData(CachedPosedImages(cache), None, road.reference_poses())
+    config = train_config(1, val_every=0)
+    result = train(caches, tmp_path / 'run', MODEL, config, SEARCH, resume=False)
+    model = result.model
+    assert model.scenes == ['north', 'south']
+    torch.manual_seed(config.seed)  # the trainer's seeding before it builds the model
+    initial = ImPosing(MODEL, model.maps)
+    for scene in model.scenes:  # every scene's head and pose encoder were trained
+        for ours, init in ((model.pose_encoders[scene], initial.pose_encoders[scene]),
+                           (model.image_encoder.heads[scene], initial.image_encoder.heads[scene])):
+            delta = max((a - b).abs().max() for a, b in zip(ours.parameters(), init.parameters()))
+            assert delta > 1e-5
+    loaded, data = load_model(result.checkpoint)
+    assert sorted(data['scenes']) == ['north', 'south']

@@ -266,8 +266,8 @@ def train(scenes: dict[str, SceneData], out: str | Path, model_config: ModelConf
             if isinstance(loader.sampler, DistributedSampler):
                 loader.sampler.set_epoch(epoch)
         t0, losses = time.perf_counter(), []
-        batches = [(name, b) for name, loader in loaders.items() for b in loader]
-        bar = tqdm(batches, desc=f'epoch {epoch + 1}/{cfg.epochs}', leave=False,
+        bar = tqdm(_interleave(loaders), desc=f'epoch {epoch + 1}/{cfg.epochs}', leave=False,
+                   total=sum(len(loader) for loader in loaders.values()),
                    disable=True if rank else None, dynamic_ncols=True)  # None: off if no tty
         for name, (images, poses) in bar:
             loss, _ = ddp(images.to(device), poses.to(device), name, generator)
@@ -296,6 +296,18 @@ def train(scenes: dict[str, SceneData], out: str | Path, model_config: ModelConf
     if world > 1:
         dist.barrier()
     return TrainResult(last, model, history)
+
+
+def _interleave(loaders: dict[str, DataLoader]):
+    """Batches ``(scene, batch)`` of every scene, alternating scenes, loaded lazily."""
+    iterators = {name: iter(loader) for name, loader in loaders.items()}
+    while iterators:
+        for name in list(iterators):
+            batch = next(iterators[name], None)
+            if batch is None:
+                del iterators[name]
+            else:
+                yield name, batch
 
 
 @torch.no_grad()

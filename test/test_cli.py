@@ -1,0 +1,77 @@
+"""The `imposing-ros` command end to end on the plain folder layout: train, evaluate, localize."""
+
+import json
+
+import pytest
+
+from imposing_ros import cli
+from imposing_ros.data.plain import PlainFolder, write_plain_folder
+from imposing_ros.data.synthetic import SyntheticRoad
+
+CONFIG = """
+model:   {backbone: resnet18, dim: 32, image_size: [32, 64], pose_layers: 2, pose_width: 64}
+train:   {epochs: 1, batch_size: 8, lr: 0.001, num_candidates: 128, levels: 3, top_k: 16,
+          val_every: 1, val_frames: 8, augment: true}
+search:  {num_candidates: 256, levels: 3, top_k: 16, num_average: 32}
+"""
+
+
+@pytest.fixture(scope='module')
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp('plain')
+    road = SyntheticRoad(length=100.0, size=(32, 64))
+    train = write_plain_folder(root / 'train', road.frames(24, seed=1))
+    test = write_plain_folder(root / 'test', road.frames(6, seed=2))
+    (root / 'cfg.yaml').write_text(CONFIG)
+    return root, train, test
+
+
+def test_train_evaluate_localize(folders, capsys):
+    root, train, test = folders
+    out = root / 'run'
+    assert cli.main(['train', '--train', str(train), '--val', str(test), '--out', str(out),
+                     '--config', str(root / 'cfg.yaml')]) == 0
+    assert (out / 'last.pt').is_file() and (out / 'best.pt').is_file()
+    assert cli.main(['evaluate', '--model', str(out / 'last.pt'), '--data', str(test),
+                     '--candidates', '256', '--levels', '3', '--json', str(root / 'e.json'),
+                     '--csv', str(root / 'e.csv')]) == 0
+    summary = json.loads((root / 'e.json').read_text())
+    assert summary['frames'] == 6 and summary['failed'] == 0
+    assert {'median_m', 'recall_0.5m_2deg', 'recall_5m_10deg'} <= set(summary)
+    assert len((root / 'e.csv').read_text().splitlines()) == 7
+    assert 'recall' in capsys.readouterr().out
+    assert cli.main(['localize', '--model', str(out / 'last.pt'), '--images',
+                     str(test / 'images'), '--out', str(root / 'poses.csv')]) == 0
+    lines = (root / 'poses.csv').read_text().splitlines()
+    assert lines[0] == 'timestamp,image,x,y,z,qx,qy,qz,qw,score' and len(lines) == 7
+
+
+def test_cli_errors_are_clear_and_write_nothing(folders, tmp_path, capsys):
+    root, train, test = folders
+    bad = tmp_path / 'bad.yaml'
+    bad.write_text('train: {epochs: 1, learning_rate: 0.1}\n')
+    assert cli.main(['train', '--train', str(train), '--out', str(tmp_path / 'o'),
+                     '--config', str(bad)]) == 2
+    assert 'learning_rate' in capsys.readouterr().err
+    assert cli.main(['evaluate', '--model', str(tmp_path / 'none.pt'), '--data',
+                     str(test)]) == 2
+    assert 'none.pt: file not found' in capsys.readouterr().err
+    out = tmp_path / 'poses.csv'
+    assert cli.main(['localize', '--model', str(root / 'run' / 'last.pt'), '--images',
+                     str(tmp_path), '--out', str(out)]) == 2
+    assert 'no image files' in capsys.readouterr().err and not out.exists()
+
+
+def test_plain_folder_errors(tmp_path):
+    (tmp_path / 'poses.csv').write_text('timestamp,image,x,y\n1,a.png,0,0\n')
+    with pytest.raises(ValueError, match='missing column'):
+        PlainFolder(tmp_path)
+    (tmp_path / 'poses.csv').write_text('timestamp,image,x,y,z,qx,qy,qz,qw\n'
+                                        '1,a.png,0,0,nan,0,0,0,1\n')
+    with pytest.raises(ValueError, match='poses.csv:2'):
+        PlainFolder(tmp_path)
+    (tmp_path / 'poses.csv').write_text('timestamp,image,x,y,z,qx,qy,qz,qw\n')
+    with pytest.raises(ValueError, match='no poses'):
+        PlainFolder(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        PlainFolder(tmp_path / 'missing')
