@@ -40,6 +40,8 @@ setup(
         'roma==1.8.0',
         'transforms3d==0.4.2',
         'rosbags==0.11.9',
+        # rosbags.image (image message <-> numpy) lives in its own package and needs OpenCV.
+        'rosbags-image[opencv-headless]==0.10.4',
         'mujoco==4.0.0',
         'pyrosm==0.25.0',
         'shapely>=2.0',

@@ -1,0 +1,448 @@
+"""Live localization demo over DDS on a held-out simulated traversal.
+
+What runs, all on this machine (``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``, a domain of its
+own when ``ROS_DOMAIN_ID`` is unset):
+
+1. ``imposing-ros run`` in a child process: the localizer (and the motion filter) with the
+   packaged parameters, the model given by ``--model``, sim time, and the camera settings read
+   from the bag (compressed images, extrinsic from ``/tf_static``).
+2. Here, a player node publishes the bag's messages as recorded (raw CDR, no conversion) with
+   ``/clock``, at the recorded pace, and a collector records ``/imposing_localizer/pose``.
+3. Every pose is compared with ``/ground_truth/pose`` of the bag at the image stamp; a summary
+   (frames, errors, recalls, latency percentiles) is printed.
+
+If the bag is missing it is simulated (deterministic) with ``imposing-ros sim``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import importlib
+import json
+import logging
+import math
+import os
+from pathlib import Path
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+import yaml
+
+from imposing_ros.geometry import pose_to_matrix
+from imposing_ros.nodes import node_set
+
+LOGGER = logging.getLogger('imposing_ros.demo')
+
+IMAGE_TOPICS = ('/camera/image_raw/compressed', '/camera/image_raw')
+GROUND_TRUTH_TOPIC = '/ground_truth/pose'
+TF_STATIC_TOPIC = '/tf_static'
+SCENE = 'config/scenes/helsinki.yaml'
+DEFAULT_BAG = 'runs/demo/helsinki_heldout'
+DEMO_DOMAIN_ID = '73'
+# (metres, degrees) recall thresholds, as hloc reports outdoor localization.
+THRESHOLDS = ((0.5, 2.0), (1.0, 5.0), (5.0, 10.0))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``imposing-ros demo``."""
+    parser.add_argument('--model', default=str(node_set.default_model()),
+                        help='ImPosing checkpoint (default: the packaged demo model)')
+    parser.add_argument('--bag', default=DEFAULT_BAG,
+                        help='rosbag2 of a held-out traversal; simulated there if missing')
+    parser.add_argument('--traversal', default='heldout',
+                        help='when simulating: the traversal (bag name part) to replay')
+    parser.add_argument('--params', default='',
+                        help='extra parameter file merged over the demo settings')
+    parser.add_argument('--use-filter', default='true', choices=('true', 'false'),
+                        help='also run the motion filter')
+    parser.add_argument('--rate', type=float, default=1.0, help='playback speed factor')
+    parser.add_argument('--json', default='', help='also write the summary to this JSON file')
+    parser.add_argument('--startup-timeout', type=float, default=180.0,
+                        help='seconds to wait for the localizer to become active')
+
+
+# --- bag reading (rosbags, no ROS) ------------------------------------------------------------
+
+def _transform_matrix(transform) -> np.ndarray:
+    t, q = transform.translation, transform.rotation
+    return pose_to_matrix([t.x, t.y, t.z, q.x, q.y, q.z, q.w])
+
+
+def _stamp_ns(stamp) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+class BagInfo:
+    """What the demo needs from a bag: image topic and frame, extrinsic, ground truth."""
+
+    def __init__(self, path: Path, base_frame: str = 'base_link'):
+        from rosbags.highlevel import AnyReader
+
+        self.path = path
+        with AnyReader([path]) as reader:
+            topics = {c.topic: c for c in reader.connections}
+            self.image_topic = next((t for t in IMAGE_TOPICS if t in topics), None)
+            if self.image_topic is None:
+                raise ValueError(f'bag {path} has no image topic ({", ".join(IMAGE_TOPICS)})')
+            if GROUND_TRUTH_TOPIC not in topics:
+                raise ValueError(f'bag {path} has no {GROUND_TRUTH_TOPIC}')
+            self.compressed = self.image_topic.endswith('/compressed')
+            self.image_frame = None
+            self.images = 0
+            tree = {}  # child -> (parent, T_parent_child)
+            self.truth_ns, self.truth = [], []
+            wanted = [topics[self.image_topic], topics[GROUND_TRUTH_TOPIC]]
+            if TF_STATIC_TOPIC in topics:
+                wanted.append(topics[TF_STATIC_TOPIC])
+            for conn, _, raw in reader.messages(connections=wanted):
+                if conn.topic == self.image_topic:
+                    self.images += 1
+                    if self.image_frame is None:
+                        self.image_frame = reader.deserialize(raw, conn.msgtype).header.frame_id
+                    continue
+                msg = reader.deserialize(raw, conn.msgtype)
+                if conn.topic == TF_STATIC_TOPIC:
+                    for tf in msg.transforms:
+                        tree[tf.child_frame_id] = (tf.header.frame_id,
+                                                   _transform_matrix(tf.transform))
+                else:  # PoseStamped, PoseWithCovarianceStamped or Odometry, duck-typed
+                    pose = msg.pose.pose if hasattr(msg.pose, 'pose') else msg.pose
+                    p, q = pose.position, pose.orientation
+                    self.truth_ns.append(_stamp_ns(msg.header.stamp))
+                    self.truth.append(pose_to_matrix([p.x, p.y, p.z, q.x, q.y, q.z, q.w]))
+        order = np.argsort(self.truth_ns)
+        self.truth_ns = [self.truth_ns[i] for i in order]
+        self.truth = [self.truth[i] for i in order]
+        self.extrinsic = self._chain(tree, base_frame, self.image_frame)
+
+    @staticmethod
+    def _chain(tree: dict, base: str, frame: str | None) -> np.ndarray | None:
+        """``T_base_frame`` through the static tree, or None when they are not connected."""
+        matrix, current = np.eye(4), frame
+        for _ in range(64):
+            if current == base:
+                return matrix
+            if current not in tree:
+                return None
+            parent, t_parent_child = tree[current]
+            matrix = t_parent_child @ matrix
+            current = parent
+        return None
+
+    def truth_at(self, stamp_ns: int, tolerance_ns: int = 100_000_000) -> np.ndarray | None:
+        """Ground truth at a stamp: linear in position, nearest in rotation; None if too far."""
+        i = bisect.bisect_left(self.truth_ns, stamp_ns)
+        if i < len(self.truth_ns) and self.truth_ns[i] == stamp_ns:
+            return self.truth[i]
+        if i == 0 or i == len(self.truth_ns):
+            j = min(i, len(self.truth_ns) - 1)
+            return self.truth[j] if abs(self.truth_ns[j] - stamp_ns) <= tolerance_ns else None
+        t0, t1 = self.truth_ns[i - 1], self.truth_ns[i]
+        if t1 - t0 > 2 * tolerance_ns:
+            return None
+        w = (stamp_ns - t0) / (t1 - t0)
+        out = (self.truth[i - 1] if w < 0.5 else self.truth[i]).copy()
+        out[:3, 3] = (1 - w) * self.truth[i - 1][:3, 3] + w * self.truth[i][:3, 3]
+        return out
+
+
+def rpy_of_matrix(rotation: np.ndarray) -> list[float]:
+    """ROS roll, pitch, yaw (fixed axes x, y, z) of a rotation matrix."""
+    pitch = math.asin(max(-1.0, min(1.0, -rotation[2, 0])))
+    roll = math.atan2(rotation[2, 1], rotation[2, 2])
+    yaw = math.atan2(rotation[1, 0], rotation[0, 0])
+    return [roll, pitch, yaw]
+
+
+def demo_parameters(info: BagInfo, extra: dict | None = None) -> dict:
+    """Parameter file content: the bag's camera settings, then ``extra``'s localizer block."""
+    name = f'/**/{node_set.LOCALIZER.name}'
+    params = {
+        'image_topic': info.image_topic.removesuffix('/compressed'),
+        'image_transport': 'compressed' if info.compressed else 'raw',
+    }
+    if info.extrinsic is not None:
+        # REP-103: optical frames end in '_optical' / '_optical_frame' (z forward).
+        optical = 'optical' in (info.image_frame or '')
+        params.update({'camera_frame': info.image_frame,
+                       'camera_extrinsic.xyz': [float(v) for v in info.extrinsic[:3, 3]],
+                       'camera_extrinsic.rpy': rpy_of_matrix(info.extrinsic[:3, :3]),
+                       'camera_extrinsic.optical': optical})
+    else:
+        LOGGER.warning("no /tf_static chain base_link -> %s in the bag: the parameter file's "
+                       'camera extrinsic is used', info.image_frame)
+    blocks = {name: {'ros__parameters': params}}
+    for key, block in (extra or {}).items():
+        if key.rstrip('/').endswith(node_set.LOCALIZER.name):
+            params.update(block.get('ros__parameters', {}))
+        else:
+            blocks[key] = block
+    return blocks
+
+
+# --- the live part ----------------------------------------------------------------------------
+
+class Session:
+    """Player + collector node in this process."""
+
+    def __init__(self, info: BagInfo):
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.info = info
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node('imposing_demo_player', context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.lock = threading.Lock()
+        self.sent = {}  # image stamp ns -> wall time published
+        self.poses = []  # (wall time received, stamp ns, T_map_base)
+        self.diagnostics = {}
+        self._subscribe()
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def _subscribe(self):
+        from diagnostic_msgs.msg import DiagnosticArray
+        from geometry_msgs.msg import PoseWithCovarianceStamped
+
+        def on_pose(msg):
+            p, q = msg.pose.pose.position, msg.pose.pose.orientation
+            with self.lock:
+                self.poses.append((time.monotonic(), _stamp_ns(msg.header.stamp),
+                                   pose_to_matrix([p.x, p.y, p.z, q.x, q.y, q.z, q.w])))
+
+        def on_diagnostics(msg):
+            for status in msg.status:
+                if status.name.startswith(node_set.LOCALIZER.name):
+                    with self.lock:
+                        self.diagnostics = {kv.key: kv.value for kv in status.values}
+
+        self.node.create_subscription(PoseWithCovarianceStamped,
+                                      f'/{node_set.LOCALIZER.name}/pose', on_pose, 100)
+        self.node.create_subscription(DiagnosticArray, '/diagnostics', on_diagnostics, 10)
+
+    def wait_active(self, runner: subprocess.Popen, timeout: float) -> None:
+        """Until the localizer reports active (lifecycle get_state), or a clear error."""
+        from lifecycle_msgs.msg import State
+        from lifecycle_msgs.srv import GetState
+
+        client = self.node.create_client(GetState, f'/{node_set.LOCALIZER.name}/get_state')
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if runner.poll() is not None:
+                raise RuntimeError(f'the node set exited with code {runner.returncode} '
+                                   '(its error is printed above)')
+            if client.wait_for_service(timeout_sec=0.5):
+                future = client.call_async(GetState.Request())
+                end = time.monotonic() + 5
+                while not future.done() and time.monotonic() < end:
+                    time.sleep(0.02)
+                if future.done() and future.result().current_state.id == \
+                        State.PRIMARY_STATE_ACTIVE:
+                    return
+            time.sleep(0.2)
+        raise RuntimeError(f'the localizer did not become active within {timeout:.0f} s')
+
+    def play(self, rate: float) -> int:
+        """Publish the bag at ``rate`` x recorded pace with /clock; returns images published."""
+        from rclpy.qos import qos_profile_sensor_data, QoSProfile
+        from rosbags.highlevel import AnyReader
+        from rosgraph_msgs.msg import Clock
+
+        clock_pub = self.node.create_publisher(Clock, '/clock', 10)
+        publishers, images = {}, 0
+        with AnyReader([self.info.path]) as reader:
+            for conn in reader.connections:
+                package, _, name = conn.msgtype.split('/')
+                try:
+                    cls = getattr(importlib.import_module(f'{package}.msg'), name)
+                except (ImportError, AttributeError):
+                    LOGGER.info('%s (%s) is not replayed: no Python type here', conn.topic,
+                                conn.msgtype)
+                    continue
+                qos = (qos_profile_sensor_data if conn.topic == self.info.image_topic
+                       else QoSProfile(depth=10))
+                publishers[conn.topic] = self.node.create_publisher(cls, conn.topic, qos)
+            image_pub = publishers[self.info.image_topic]
+            deadline = time.monotonic() + 30
+            while image_pub.get_subscription_count() == 0:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f'nobody subscribes to {self.info.image_topic}')
+                time.sleep(0.05)
+            start_wall, start_bag = time.monotonic(), None
+            for conn, timestamp, raw in reader.messages():
+                if conn.topic not in publishers:
+                    continue
+                start_bag = timestamp if start_bag is None else start_bag
+                due = start_wall + (timestamp - start_bag) * 1e-9 / rate
+                wait = due - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+                sec, nsec = divmod(timestamp, 1_000_000_000)
+                clock = Clock()
+                clock.clock.sec, clock.clock.nanosec = sec, nsec
+                clock_pub.publish(clock)
+                if conn.topic == self.info.image_topic:
+                    stamp = _stamp_ns(reader.deserialize(raw, conn.msgtype).header.stamp)
+                    with self.lock:
+                        self.sent[stamp] = time.monotonic()
+                    images += 1
+                publishers[conn.topic].publish(bytes(raw))  # recorded CDR, as ros2 bag play
+        return images
+
+    def close(self):
+        """Stop spinning, destroy the node, shut the context down."""
+        import rclpy
+
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+
+
+def summarize(info: BagInfo, sent: dict, poses: list, diagnostics: dict) -> dict:
+    """Errors of base_link against ground truth and end-to-end latencies (ms)."""
+    errors_t, errors_r, latencies = [], [], []
+    for received, stamp, t_map_base in poses:
+        truth = info.truth_at(stamp)
+        if truth is None:
+            continue
+        errors_t.append(float(np.linalg.norm(t_map_base[:3, 3] - truth[:3, 3])))
+        cos = (np.trace(truth[:3, :3].T @ t_map_base[:3, :3]) - 1) / 2
+        errors_r.append(math.degrees(math.acos(max(-1.0, min(1.0, cos)))))
+        if stamp in sent:
+            latencies.append(1e3 * (received - sent[stamp]))
+    n = len(sent)
+    summary = {'bag': str(info.path), 'images_sent': n, 'poses': len(poses),
+               'poses_with_truth': len(errors_t)}
+    if errors_t:
+        t, r = np.array(errors_t), np.array(errors_r)
+        summary.update({
+            'median_error_m': float(np.median(t)), 'mean_error_m': float(t.mean()),
+            'median_error_deg': float(np.median(r)), 'mean_error_deg': float(r.mean()),
+            # Frames without a pose count as failures (infinite error), as hloc does.
+            'recall': {f'{m}m/{d}deg': float(((t < m) & (r < d)).sum() / max(n, 1))
+                       for m, d in THRESHOLDS},
+        })
+    if latencies:
+        lat = np.array(latencies)
+        summary['latency_ms'] = {f'p{q}': float(np.percentile(lat, q)) for q in (50, 90, 99)}
+    for key in ('frames skipped', 'frames rejected', 'latency median (ms)', 'device', 'backend'):
+        if key in diagnostics:
+            summary[f'localizer {key}'] = diagnostics[key]
+    return summary
+
+
+def format_summary(s: dict) -> str:
+    """Human-readable summary."""
+    lines = [f"demo on {s['bag']}",
+             f"  frames: {s['images_sent']} images played, {s['poses']} poses published "
+             f"({s['poses_with_truth']} with ground truth)"]
+    if 'median_error_m' in s:
+        lines.append(f"  error: median {s['median_error_m']:.2f} m / "
+                     f"{s['median_error_deg']:.2f} deg, mean {s['mean_error_m']:.2f} m / "
+                     f"{s['mean_error_deg']:.2f} deg")
+        lines.append('  recall (all frames): ' + ', '.join(
+            f'{k} {100 * v:.1f}%' for k, v in s['recall'].items()))
+    if 'latency_ms' in s:
+        lines.append('  latency image->pose over DDS: ' + ', '.join(
+            f'{k} {v:.0f} ms' for k, v in s['latency_ms'].items()))
+    extra = {k: v for k, v in s.items() if k.startswith('localizer ')}
+    if extra:
+        lines.append('  ' + ', '.join(f'{k}: {v}' for k, v in extra.items()))
+    return '\n'.join(lines)
+
+
+def simulate_heldout(bag: Path, traversal: str = 'heldout') -> Path:
+    """Render the held-out traversal into ``bag``'s folder with the simulator (deterministic)."""
+    scene = node_set.package_root() / SCENE
+    out = bag.parent / (bag.name + '_sim')
+    command = ['sim', '--scene', str(scene), '--out', str(out)]
+    LOGGER.info('%s is missing: simulating it (imposing-ros %s)', bag, ' '.join(command))
+    try:
+        importlib.import_module('imposing_ros.sim.cli')
+    except ImportError:
+        code = subprocess.call(['imposing-ros', *command])
+    else:
+        from imposing_ros import cli
+
+        code = cli.main(command)
+    if code != 0:
+        raise RuntimeError(f'the simulator failed (exit code {code})')
+    found = sorted(p.parent for p in out.rglob('metadata.yaml'))
+    if not found:
+        raise RuntimeError(f'the simulator wrote no rosbag2 under {out}')
+    # The held-out traversal is the bag named after it; else the last one written.
+    chosen = next((p for p in found if traversal in p.name), found[-1])
+    bag.parent.mkdir(parents=True, exist_ok=True)
+    if not bag.exists():
+        bag.symlink_to(chosen.resolve(), target_is_directory=True)
+    return bag
+
+
+def run(args: argparse.Namespace) -> int:
+    """The demo (module docstring)."""
+    model = Path(args.model)
+    if not model.is_file():
+        raise FileNotFoundError(
+            f'model {model} not found: train one (imposing-ros train ...) or pass --model')
+    bag = Path(args.bag)
+    if not bag.exists():
+        simulate_heldout(bag, args.traversal)
+    os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+    os.environ.setdefault('ROS_DOMAIN_ID', DEMO_DOMAIN_ID)
+    info = BagInfo(bag)
+    extra = yaml.safe_load(Path(args.params).read_text()) if args.params else None
+    workdir = Path(tempfile.mkdtemp(prefix='imposing_demo_'))
+    params = workdir / 'demo_params.yaml'
+    params.write_text(yaml.safe_dump(demo_parameters(info, extra), sort_keys=False))
+    command = [sys.executable, '-m', 'imposing_ros.cli', 'run', '--params', str(params),
+               '--model', str(model.resolve()), '--use-sim-time', 'true',
+               '--use-filter', args.use_filter, '--log-level', 'warn']
+    LOGGER.info('starting the node set: %s', ' '.join(command))
+    runner = subprocess.Popen(command)
+    session = None
+    try:
+        session = Session(info)
+        session.wait_active(runner, args.startup_timeout)
+        LOGGER.info('playing %s (%d images on %s)', bag, info.images, info.image_topic)
+        session.play(args.rate)
+        # Let the last frame come back: bounded by the rate of the localizer.
+        end = time.monotonic() + 5.0
+        last = -1
+        while time.monotonic() < end:
+            with session.lock:
+                count = len(session.poses)
+            if count == last and count:
+                break
+            last = count
+            time.sleep(1.0)
+        with session.lock:
+            summary = summarize(info, dict(session.sent), list(session.poses),
+                                dict(session.diagnostics))
+    finally:
+        if session is not None:
+            session.close()
+        if runner.poll() is None:
+            runner.send_signal(signal.SIGINT)
+            try:
+                runner.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                runner.kill()
+                runner.wait()
+    print(format_summary(summary))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+    if summary['poses'] == 0:
+        raise RuntimeError('the localizer published no pose (is min_score too high for this '
+                           'model? see its log above)')
+    return 0
+

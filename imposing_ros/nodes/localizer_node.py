@@ -1,0 +1,896 @@
+"""Lifecycle node ``imposing_localizer``: camera images in, base_link pose in the map out.
+
+A thin adapter around :class:`imposing_ros.localization.localizer.Localizer` (no ROS there):
+
+* ``on_configure`` reads the parameters and loads the model (a missing or broken checkpoint
+  fails the transition with one error; the node stays unconfigured and can be configured again);
+  ``on_activate`` subscribes; ``on_deactivate`` unsubscribes; ``on_cleanup`` frees the model.
+* Images arrive with sensor-data QoS (depth 1) in the input callback group, which only keeps the
+  newest message in a one-slot mailbox (an overwritten frame counts as skipped) and wakes the
+  inference callback group through a guard condition. Inference therefore always works on the
+  newest frame and never queues, whatever the camera rate.
+* The method localizes the camera *body* frame (``T_map_camera``); ``~/pose`` carries base_link
+  in the map frame, like AMCL: ``T_map_base = T_map_camera @ T_camera_base`` with the camera
+  extrinsic ``T_base_camera`` (parameters, or TF ``base_frame -> camera_frame``).
+
+Covariance through a fixed transform (:func:`compose_covariance`). Both the localizer and ROS
+write a pose covariance as a perturbation on the left, in map axes: ``t' = t + dt`` and
+``R' = Exp(dr) R``. For ``B = A * X`` with ``X`` fixed (the extrinsic),
+
+    t_B' = R_A' t_X + t_A' ~ t_B + dt + dr x (R_A t_X) = t_B + dt - [a]x dr,   a = t_B - t_A
+    R_B' = Exp(dr) R_B
+
+so ``cov_B = J cov_A J^T`` with ``J = [[I, -[a]x], [0, I]]``: the rotation block is unchanged and
+the rotation uncertainty leaks into the position through the lever arm ``a`` (map axes) between
+the two origins. The same formula carries a base_link prior to the camera (``X = T_base_camera``).
+
+Modes: *global* (the paper: level-0 candidates from the map's reference poses) and *tracking*
+(a recent prior, from ``/initialpose`` once or from the motion filter, seeds the candidates with
+its covariance and ``tracking.levels`` levels run). A best score under ``min_score`` publishes no
+pose and makes the next frame global; ``~/relocalize`` forces a global search on the next frame.
+A frame that is rejected or fails publishes nothing but diagnostics.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+import math
+import threading
+import time
+
+from builtin_interfaces.msg import Time as TimeMsg
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Point, Pose, PoseWithCovarianceStamped, Quaternion, Vector3
+import numpy as np
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+import rclpy
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import Clock, ClockType
+from rclpy.duration import Duration
+from rclpy.event_handler import SubscriptionEventCallbacks
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import (
+    qos_profile_sensor_data,
+    QoSDurabilityPolicy,
+    QoSHistoryPolicy,
+    QoSProfile,
+    QoSReliabilityPolicy,
+)
+from rclpy.time import Time
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import ColorRGBA, Float32
+from std_srvs.srv import Trigger
+from visualization_msgs.msg import Marker, MarkerArray
+
+from imposing_ros.geometry import (
+    matrix_to_pose,
+    pose_to_matrix,
+    quat_xyzw_to_matrix,
+    T_camera_optical,
+)
+from imposing_ros.nodes.image_conversion import BACKEND as IMAGE_BACKEND
+from imposing_ros.nodes.image_conversion import ImageConversionError, message_to_rgb
+from imposing_ros.nodes.node_set import default_model
+
+try:  # tf2_ros exists on a ROS install only (ENVIRONMENT.md); without it there is no /tf.
+    from geometry_msgs.msg import TransformStamped
+    import tf2_ros
+except ImportError:  # pragma: no cover - depends on the installation
+    tf2_ros = None
+
+NODE_NAME = 'imposing_localizer'
+DEVICES = ('auto', 'cpu', 'cuda')
+BACKENDS = ('torch',)
+TRANSPORTS = ('raw', 'compressed')
+# How long the inference thread waits for odom->base_link at an image stamp.
+TF_LOOKUP_TIMEOUT_S = 0.1
+# Period of the sliding windows of the rate and latency statistics.
+STATS_WINDOW_S = 5.0
+# Diagnostics published on a rejected or failed frame come at most this often.
+EVENT_DIAGNOSTICS_MIN_PERIOD_S = 0.2
+
+
+# --- pure helpers (numpy; unit-tested without ROS) --------------------------------------------
+
+def skew(v: np.ndarray) -> np.ndarray:
+    """3x3 matrix ``[v]x`` with ``[v]x @ u = v x u``."""
+    x, y, z = (float(c) for c in v)
+    return np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
+
+
+def compose_covariance(covariance: np.ndarray, t_a: np.ndarray, t_b: np.ndarray) -> np.ndarray:
+    """Covariance (6x6 ROS layout, left perturbation in map axes) of ``B = A * X``, X fixed.
+
+    ``t_a`` and ``t_b`` are the positions of A and B in the map (module docstring).
+    """
+    jacobian = np.eye(6)
+    jacobian[:3, 3:] = -skew(np.asarray(t_b, float) - np.asarray(t_a, float))
+    out = jacobian @ np.asarray(covariance, float) @ jacobian.T
+    return 0.5 * (out + out.T)
+
+
+def rpy_matrix(roll: float, pitch: float, yaw: float) -> np.ndarray:
+    """Rotation matrix of ROS roll, pitch, yaw (fixed axes x, y, z; tf2's setRPY)."""
+    cr, sr, cp, sp, cy, sy = (math.cos(roll), math.sin(roll), math.cos(pitch),
+                              math.sin(pitch), math.cos(yaw), math.sin(yaw))
+    rx = np.array([[1, 0, 0], [0, cr, -sr], [0, sr, cr]])
+    ry = np.array([[cp, 0, sp], [0, 1, 0], [-sp, 0, cp]])
+    rz = np.array([[cy, -sy, 0], [sy, cy, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def extrinsic_matrix(xyz, rpy, optical: bool) -> np.ndarray:
+    """``T_base_camera`` (camera *body* frame) from xyz (m) + rpy (rad) of ``camera_frame``.
+
+    ``optical``: ``camera_frame`` is an optical frame (z forward); the body frame is then
+    ``T_base_frame @ inv(T_camera_optical)``.
+    """
+    matrix = np.eye(4)
+    matrix[:3, :3] = rpy_matrix(*rpy)
+    matrix[:3, 3] = xyz
+    if optical:
+        matrix = matrix @ np.linalg.inv(T_camera_optical())
+    return matrix
+
+
+def pose_msg_to_matrix(pose: Pose) -> np.ndarray:
+    """4x4 transform of a ``geometry_msgs/Pose`` (quaternion normalised by the caller)."""
+    p, q = pose.position, pose.orientation
+    return pose_to_matrix([p.x, p.y, p.z, q.x, q.y, q.z, q.w])
+
+
+def matrix_to_pose_msg(matrix: np.ndarray) -> Pose:
+    """``geometry_msgs/Pose`` of a 4x4 transform."""
+    pose = matrix_to_pose(matrix)
+    return Pose(position=Point(x=pose[0], y=pose[1], z=pose[2]),
+                orientation=Quaternion(x=pose[3], y=pose[4], z=pose[5], w=pose[6]))
+
+
+def check_pose_with_covariance(msg: PoseWithCovarianceStamped, frame: str
+                               ) -> tuple[np.ndarray, np.ndarray]:
+    """(T 4x4, covariance 6x6) of a pose message, or ``ValueError`` saying what is wrong.
+
+    Refuses another frame than ``frame``, NaN or infinite values, a quaternion far from unit
+    length and a covariance that is not symmetric with a non-negative diagonal.
+    """
+    if msg.header.frame_id.lstrip('/') != frame:
+        raise ValueError(f"frame_id is '{msg.header.frame_id}', expected '{frame}'")
+    p, q = msg.pose.pose.position, msg.pose.pose.orientation
+    values = np.array([p.x, p.y, p.z, q.x, q.y, q.z, q.w], dtype=float)
+    covariance = np.asarray(msg.pose.covariance, dtype=float)
+    if covariance.shape != (36,):
+        raise ValueError(f'covariance has {covariance.size} values, expected 36')
+    covariance = covariance.reshape(6, 6)
+    if not (np.isfinite(values).all() and np.isfinite(covariance).all()):
+        raise ValueError('pose or covariance contains NaN or infinite values')
+    norm = float(np.linalg.norm(values[3:]))
+    if not 0.9 < norm < 1.1:
+        raise ValueError(f'orientation is not a unit quaternion (norm {norm:.3g})')
+    values[3:] /= norm
+    if (np.diag(covariance) < 0).any() or not np.allclose(covariance, covariance.T, atol=1e-9):
+        raise ValueError('covariance is not symmetric with a non-negative diagonal')
+    return pose_to_matrix(values), covariance
+
+
+def score_color(fraction: float) -> ColorRGBA:
+    """Red (worst shown) -> yellow -> green (best) for ``fraction`` in [0, 1]."""
+    f = min(max(float(fraction), 0.0), 1.0)
+    return ColorRGBA(r=min(1.0, 2.0 * (1.0 - f)), g=min(1.0, 2.0 * f), b=0.0, a=0.9)
+
+
+# --- parameters -------------------------------------------------------------------------------
+
+def _finite_list(n: int, nonnegative: bool = False):
+    def check(value):
+        if len(value) != n or not all(math.isfinite(v) for v in value):
+            return f'needs {n} finite values'
+        if nonnegative and any(v < 0 for v in value):
+            return f'needs {n} values >= 0'
+        return None
+    return check
+
+
+def _at_least(low, strict: bool = False):
+    def check(value):
+        ok = value > low if strict else value >= low
+        return None if ok and math.isfinite(value) else f'must be {">" if strict else ">="} {low}'
+    return check
+
+
+def _one_of(choices):
+    def check(value):
+        return None if value in choices else f'must be one of {", ".join(choices)}'
+    return check
+
+
+def _device(value):
+    if value in DEVICES or (value.startswith('cuda:') and value[5:].isdigit()):
+        return None
+    return 'must be auto, cpu, cuda or cuda:N'
+
+
+def _nonempty(value):
+    return None if value.strip() else 'must not be empty'
+
+
+def _score(value):
+    return None if 0.0 <= value <= 1.0 else 'must be in [0, 1]'
+
+
+# (name, default, description, check or None). Read at on_configure; a change while configured
+# takes effect at the next configure (deactivate, cleanup, configure, activate), except for the
+# LIVE ones, read again for every frame.
+PARAMETERS = (
+    ('model_path', '', "ImPosing checkpoint file (.pt) loaded at configure (empty: the package's "
+     'models/helsinki_demo.pt)', None),
+    ('scene', '', 'scene of a multi-scene checkpoint (empty: its only/first scene)', None),
+    ('device', 'auto', 'inference device: auto (cuda if available, else cpu), cpu, cuda, cuda:N',
+     _device),
+    ('backend', 'torch', 'inference backend: torch (eager PyTorch)', _one_of(BACKENDS)),
+    ('image_topic', 'camera/image_raw',
+     'raw image topic; with image_transport compressed, <image_topic>/compressed is used',
+     _nonempty),
+    ('image_transport', 'raw', 'raw (sensor_msgs/Image) or compressed (CompressedImage)',
+     _one_of(TRANSPORTS)),
+    ('prior_topic', 'imposing_motion_filter/prior',
+     'PoseWithCovarianceStamped of base_link in map_frame seeding tracking mode', _nonempty),
+    ('initial_pose_topic', 'initialpose',
+     "initial pose (RViz '2D Pose Estimate'): seeds one tracking search", _nonempty),
+    ('search.num_candidates', 4096, 'N: pose candidates scored per level', _at_least(1)),
+    ('search.levels', 6, 'K: levels of the global search (level 0 included)', _at_least(1)),
+    ('search.top_k', 100, 'B: top candidates kept as mixture components per level',
+     _at_least(1)),
+    ('search.num_average', 256, 'candidates of the last level averaged into the estimate',
+     _at_least(1)),
+    ('search.sigma', [8.0, 8.0, 0.2, 1.0, 1.0, 5.0],
+     'proposer standard deviation at level 1: x, y, z (m), roll, pitch, yaw (deg)',
+     _finite_list(6, nonnegative=True)),
+    ('min_score', 0.5, 'best score in [0, 1] under which no pose is published (next frame '
+     'searches globally)', _score),
+    ('max_rate', 0.0, 'most frames processed per second (Hz); 0: as fast as possible',
+     _at_least(0.0)),
+    ('max_image_age', 1.0, 'images older than this (s, node clock) are refused; 0: no check',
+     _at_least(0.0)),
+    ('min_std', [0.05, 0.05, 0.05, 0.005, 0.005, 0.005],
+     'added in quadrature to the published standard deviations (keeps the covariance '
+     'positive definite): x, y, z (m), roll, pitch, yaw (rad)',
+     _finite_list(6, nonnegative=True)),
+    ('map_frame', 'map', 'global frame of the published pose (REP-105)', _nonempty),
+    ('odom_frame', 'odom', 'odometry frame; map->odom is published on /tf', _nonempty),
+    ('base_frame', 'base_link', 'robot body frame the published pose refers to', _nonempty),
+    ('camera_frame', 'camera_link', 'frame of the camera the extrinsic refers to', _nonempty),
+    ('camera_extrinsic.from_tf', False,
+     'read base_frame->camera_frame from TF (needs tf2_ros) instead of xyz/rpy', None),
+    ('camera_extrinsic.xyz', [0.0, 0.0, 0.0], 'camera_frame origin in base_frame (m)',
+     _finite_list(3)),
+    ('camera_extrinsic.rpy', [0.0, 0.0, 0.0],
+     'camera_frame orientation in base_frame: roll, pitch, yaw (rad, fixed axes)',
+     _finite_list(3)),
+    ('camera_extrinsic.optical', False,
+     'camera_frame is an optical frame (z forward, x right) rather than x forward, z up', None),
+    ('publish_tf', True, 'publish map->odom on /tf (needs tf2_ros)', None),
+    ('transform_tolerance', 0.5, 'map->odom is post-dated by this much (s), as in AMCL',
+     _at_least(0.0)),
+    ('tracking.enabled', True, 'use a recent motion-filter prior to run a tracking search',
+     None),
+    ('tracking.levels', 3, 'levels of a tracking search (level 0 = candidates around the prior)',
+     _at_least(1)),
+    ('tracking.prior_timeout', 0.5,
+     'a prior more than this (s) away from the image stamp is not used', _at_least(0.0, True)),
+    ('tracking.min_sigma', [1.0, 1.0, 0.1, 0.5, 0.5, 2.0],
+     'floor of the prior standard deviation seeding tracking: x, y, z (m), r, p, y (deg)',
+     _finite_list(6, nonnegative=True)),
+    ('markers.count', 50, 'top candidates drawn on ~/candidates', _at_least(0)),
+    ('diagnostic_period', 1.0, 'period of /diagnostics (s)', _at_least(0.0, True)),
+    ('seed', 0, 'seed of the candidate noise (same image, same pose)', _at_least(0)),
+)
+
+
+LIVE = ('min_score', 'max_rate', 'max_image_age', 'min_std', 'markers.count', 'tracking.enabled',
+        'tracking.prior_timeout', 'transform_tolerance')
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Parameter values read at configure (names as in :data:`PARAMETERS`, dots -> '_')."""
+
+    values: dict
+
+    def __getattr__(self, name):
+        try:
+            return self.values[name]
+        except KeyError as exc:
+            raise AttributeError(name) from exc
+
+
+def cross_check(values: dict) -> str | None:
+    """Checks between parameters (dots replaced by '_'); ``None`` when consistent."""
+    n = values['search_num_candidates']
+    if values['search_top_k'] > n:
+        return f"search.top_k ({values['search_top_k']}) must be <= search.num_candidates ({n})"
+    if values['search_num_average'] > n:
+        return (f"search.num_average ({values['search_num_average']}) must be <= "
+                f'search.num_candidates ({n})')
+    return None
+
+
+class _Stats:
+    """Counters and sliding windows for diagnostics (guarded by the node's lock)."""
+
+    def __init__(self):
+        self.received = self.skipped = self.processed = self.published = 0
+        self.failed = self.low_score = 0
+        self.rejected: dict[str, int] = {}
+        self.done = deque()  # (monotonic time, processing ms, stamp age ms)
+        self.last_score = float('nan')
+        self.last_mode = ''
+        self.last_problem = ''
+        self.last_outcome = ''  # published, low score, rejected or failed
+
+    def reject(self, reason: str):
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        self.last_problem, self.last_outcome = reason, 'rejected'
+
+    def window(self, now: float):
+        while self.done and now - self.done[0][0] > STATS_WINDOW_S:
+            self.done.popleft()
+        return list(self.done)
+
+
+class LocalizerNode(LifecycleNode):
+    """ImPosing localizer as a lifecycle node (module docstring)."""
+
+    def __init__(self, node_name: str = NODE_NAME, **kwargs):
+        super().__init__(node_name, **kwargs)
+        for name, default, description, _ in PARAMETERS:
+            when = 'applies to the next frame' if name in LIVE else 'read at configure'
+            self.declare_parameter(name, default,
+                                   ParameterDescriptor(description=f'{description} ({when})'))
+        self._checks = {name: check for name, _, _, check in PARAMETERS}
+        self.add_on_set_parameters_callback(self._validate_parameters)
+        self._lock = threading.Lock()
+        self._busy = threading.Lock()  # held while a frame is processed
+        self._input_group = MutuallyExclusiveCallbackGroup()
+        self._inference_group = MutuallyExclusiveCallbackGroup()
+        self._localizer = None
+        self._settings: Settings | None = None
+        self._stats = _Stats()
+        self._entities = []  # (destroy function, entity) of configure-time entities
+        self._subscriptions = []
+        self._reset_state()
+
+    # --- parameters ---------------------------------------------------------------------------
+
+    def _validate_parameters(self, params) -> SetParametersResult:
+        values = self._read_values()
+        for param in params:
+            check = self._checks.get(param.name)
+            if check is not None:
+                reason = check(param.value)
+                if reason:
+                    return SetParametersResult(
+                        successful=False, reason=f'{param.name} {reason} (got {param.value!r})')
+            values[param.name.replace('.', '_')] = param.value
+        reason = cross_check(values)
+        return SetParametersResult(successful=reason is None, reason=reason or '')
+
+    def _read_values(self) -> dict:
+        return {name.replace('.', '_'): self.get_parameter(name).value
+                for name, *_ in PARAMETERS}
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Read the parameters, load the model, create publishers and the service."""
+        settings = Settings(self._read_values())
+        try:
+            self._localizer, device = self._load(settings)
+            self._extrinsic = None
+            if not settings.camera_extrinsic_from_tf:
+                self._extrinsic = extrinsic_matrix(settings.camera_extrinsic_xyz,
+                                                   settings.camera_extrinsic_rpy,
+                                                   settings.camera_extrinsic_optical)
+        except Exception as exc:  # one clear error; the node stays unconfigured
+            self.get_logger().error(f'configure failed: {exc}')
+            self._localizer = None
+            return TransitionCallbackReturn.FAILURE
+        self._settings, self._device = settings, device
+        self._stats = _Stats()
+        self._reset_state()
+        reliable = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE)
+        self._pose_pub = self.create_lifecycle_publisher(PoseWithCovarianceStamped, '~/pose',
+                                                         reliable)
+        self._score_pub = self.create_lifecycle_publisher(Float32, '~/score', reliable)
+        self._marker_pub = self.create_lifecycle_publisher(
+            MarkerArray, '~/candidates', QoSProfile(depth=1,
+                                                    reliability=QoSReliabilityPolicy.RELIABLE))
+        # Diagnostics flow in every configured state (an inactive node reports that it is).
+        self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', reliable)
+        self._relocalize_srv = self.create_service(Trigger, '~/relocalize', self._on_relocalize,
+                                                   callback_group=self._input_group)
+        self._wake = self.create_guard_condition(self._on_wake, self._inference_group)
+        # Steady clock: diagnostics keep flowing when sim time pauses (bag replay ended).
+        self._diag_timer = self.create_timer(settings.diagnostic_period, self._publish_diagnostics,
+                                             callback_group=self._input_group,
+                                             clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self._entities = [
+            (self.destroy_lifecycle_publisher, self._pose_pub),
+            (self.destroy_lifecycle_publisher, self._score_pub),
+            (self.destroy_lifecycle_publisher, self._marker_pub),
+            (self.destroy_publisher, self._diag_pub),
+            (self.destroy_service, self._relocalize_srv),
+            (self.destroy_guard_condition, self._wake),
+            (self.destroy_timer, self._diag_timer),
+        ]
+        self._tf_buffer = self._tf_listener = self._tf_broadcaster = None
+        if tf2_ros is not None and (settings.publish_tf or settings.camera_extrinsic_from_tf):
+            self._tf_buffer = tf2_ros.Buffer()
+            self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self)
+            if settings.publish_tf:
+                self._tf_broadcaster = tf2_ros.TransformBroadcaster(self)
+        elif settings.publish_tf:
+            self.get_logger().info('tf2_ros is not installed: map->odom is not published')
+        self.get_logger().info(
+            f'configured: model {settings.model_path or default_model()} on {device} '
+            f'({settings.backend}), '
+            f'{settings.search_num_candidates} candidates x {settings.search_levels} levels, '
+            f'images from {self._image_topic(settings)} ({IMAGE_BACKEND})')
+        return TransitionCallbackReturn.SUCCESS
+
+    def _load(self, settings: Settings):
+        """(Localizer, device) or an exception with a clear message."""
+        import torch
+
+        from imposing_ros.localization.localizer import Localizer, LocalizerConfig
+        from imposing_ros.localization.search import SearchConfig
+
+        model_path = settings.model_path or str(default_model())
+        if settings.camera_extrinsic_from_tf and tf2_ros is None:
+            raise ValueError('camera_extrinsic.from_tf needs tf2_ros, which is not installed; '
+                             'set camera_extrinsic.xyz/rpy instead')
+        # Values from parameter files were declared before the set-callback existed: check them.
+        for name, _, _, check in PARAMETERS:
+            value = settings.values[name.replace('.', '_')]
+            reason = check(value) if check else None
+            if reason:
+                raise ValueError(f'parameter {name} {reason} (got {value!r})')
+        reason = cross_check(settings.values)
+        if reason:
+            raise ValueError(reason)
+        device = settings.device
+        if device == 'auto':
+            device = 'cuda' if torch.cuda.is_available() else 'cpu'
+        if device.startswith('cuda') and not torch.cuda.is_available():
+            raise ValueError(f'device {device} requested but CUDA is not available')
+        config = LocalizerConfig(
+            search=SearchConfig(num_candidates=settings.search_num_candidates,
+                                levels=settings.search_levels, top_k=settings.search_top_k,
+                                num_average=settings.search_num_average,
+                                sigma=tuple(settings.search_sigma)),
+            tracking_levels=settings.tracking_levels,
+            tracking_min_sigma=tuple(settings.tracking_min_sigma), seed=settings.seed)
+        localizer = Localizer.from_checkpoint(model_path, settings.scene or None,
+                                              config, device)
+        # One warm-up frame: the first real frame then has representative latency.
+        height, width = localizer.image_size
+        localizer.localize(np.zeros((height, width, 3), np.uint8))
+        return localizer, device
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Subscribe to images, the prior and the initial pose."""
+        s = self._settings
+        # No QoS event handlers on the image subscription: with rmw_fastrtps, any of them
+        # (rclpy's default incompatible-QoS ones, message_lost) makes the MultiThreadedExecutor
+        # wake in a loop while high-rate images arrive (measured at 200 Hz of images: ~1,300
+        # empty wake-ups/s, one core busy, inference 20x slower; none without handlers).
+        events = SubscriptionEventCallbacks(use_default_callbacks=False)
+        image = self.create_subscription(
+            CompressedImage if s.image_transport == 'compressed' else Image,
+            self._image_topic(s), self._on_image, qos_profile_sensor_data,
+            callback_group=self._input_group, event_callbacks=events)
+        # Best effort, depth 1: only the newest prior matters, and it matches both reliable and
+        # best-effort publishers.
+        latest = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.BEST_EFFORT,
+                            history=QoSHistoryPolicy.KEEP_LAST)
+        prior = self.create_subscription(PoseWithCovarianceStamped, s.prior_topic,
+                                         self._on_prior, latest,
+                                         callback_group=self._input_group)
+        # Reliable and volatile like AMCL's: a transient-local subscription would not match
+        # RViz's volatile '2D Pose Estimate' publisher.
+        initial = self.create_subscription(
+            PoseWithCovarianceStamped, s.initial_pose_topic, self._on_initial_pose,
+            QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
+                       durability=QoSDurabilityPolicy.VOLATILE),
+            callback_group=self._input_group)
+        self._subscriptions = [image, prior, initial]
+        self.get_logger().info('active')
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Unsubscribe; the model stays loaded."""
+        self._unsubscribe()
+        self.get_logger().info('inactive')
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Free the model and the configure-time entities."""
+        self._release()
+        self.get_logger().info('cleaned up')
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Unsubscribe and free everything."""
+        self._unsubscribe()
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _unsubscribe(self):
+        for sub in self._subscriptions:
+            self.destroy_subscription(sub)
+        self._subscriptions = []
+        with self._lock:
+            self._slot = None
+
+    def _release(self):
+        with self._busy:  # let a frame in flight finish before its publishers go
+            self._localizer = None
+        for destroy, entity in self._entities:
+            destroy(entity)
+        self._entities = []
+        self._tf_listener = self._tf_buffer = self._tf_broadcaster = None
+        with self._lock:
+            self._settings = None
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:  # pragma: no cover
+            pass
+
+    def _reset_state(self):
+        """Forget priors and stamps (configure, clock jump back)."""
+        self._slot = None
+        self._armed = False  # the inference callback is scheduled or running
+        self._force_global = False
+        self._initial_pose = None  # (T_map_base, covariance) used once
+        self._prior = None  # (Time, T_map_base, covariance) from the filter
+        self._last_stamp = None
+        self._last_clock = None
+        self._last_start = 0.0
+        self._last_event_diag = 0.0
+
+    @staticmethod
+    def _image_topic(s: Settings) -> str:
+        return s.image_topic + ('/compressed' if s.image_transport == 'compressed' else '')
+
+    # --- input callbacks (input group: quick, never blocking) -------------------------------
+
+    def _on_image(self, msg):
+        with self._lock:
+            self._stats.received += 1
+            if self._slot is not None:  # the older frame was never processed
+                self._stats.skipped += 1
+            self._slot = msg
+            wake, self._armed = not self._armed, True
+        if wake:
+            self._wake.trigger()
+
+    def _on_prior(self, msg: PoseWithCovarianceStamped):
+        try:
+            matrix, covariance = check_pose_with_covariance(msg, self._settings.map_frame)
+        except ValueError as exc:
+            self.get_logger().warning(f'prior refused: {exc}', throttle_duration_sec=5.0)
+            return
+        with self._lock:
+            self._prior = (Time.from_msg(msg.header.stamp), matrix, covariance)
+
+    def _on_initial_pose(self, msg: PoseWithCovarianceStamped):
+        try:
+            matrix, covariance = check_pose_with_covariance(msg, self._settings.map_frame)
+        except ValueError as exc:
+            self.get_logger().warning(f'initial pose refused: {exc}')
+            return
+        with self._lock:  # the latest request wins: it supersedes a pending global search
+            self._initial_pose = (matrix, covariance)
+            self._force_global = False
+        xyz = matrix[:3, 3]
+        self.get_logger().info(f'initial pose received at ({xyz[0]:.1f}, {xyz[1]:.1f}): the next '
+                               'frame searches around it')
+
+    def _on_relocalize(self, request, response):
+        with self._lock:
+            self._force_global = True
+            self._initial_pose = None
+        response.success = True
+        response.message = 'the next frame runs a global search'
+        self.get_logger().info('relocalization requested')
+        return response
+
+    # --- inference (inference group) --------------------------------------------------------
+
+    def _on_wake(self):
+        """Process the newest frame until none is pending.
+
+        One wake-up per burst: while this runs, the image callback only replaces the pending
+        frame and does not trigger the guard condition again, so the executor is not woken for
+        work this loop will do anyway.
+        """
+        while True:
+            with self._lock:
+                msg, self._slot = self._slot, None
+                settings = self._settings
+                if msg is None or settings is None:
+                    self._armed = False
+                    return
+            self._process_one(msg, settings)
+
+    def _process_one(self, msg, settings: Settings):
+        settings = Settings({**settings.values, **{name.replace('.', '_'): self.get_parameter(
+            name).value for name in LIVE}})
+        if settings.max_rate > 0:
+            wait = self._last_start + 1.0 / settings.max_rate - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)  # this thread only: input keeps flowing into the slot
+                with self._lock:  # a newer frame may have arrived meanwhile: take it
+                    if self._slot is not None:
+                        msg, self._slot = self._slot, None
+                        self._stats.skipped += 1
+        self._last_start = time.monotonic()
+        try:
+            with self._busy:
+                if self._localizer is not None:  # not cleaned up meanwhile
+                    self._process(msg, settings)
+        except Exception as exc:  # a bug must not kill the node: report it, go on
+            with self._lock:
+                self._stats.failed += 1
+                self._stats.last_outcome = 'failed'
+                self._stats.last_problem = f'{type(exc).__name__}: {exc}'
+                self._force_global = True
+            self.get_logger().error(f'frame failed: {type(exc).__name__}: {exc}',
+                                    throttle_duration_sec=2.0)
+            self._event_diagnostics()
+
+    def _reject(self, reason: str, detail: str):
+        with self._lock:
+            self._stats.reject(reason)
+        self.get_logger().warning(f'frame refused ({reason}): {detail}', throttle_duration_sec=2.0)
+        self._event_diagnostics()
+
+    def _process(self, msg, s: Settings):
+        started = time.perf_counter()
+        stamp = Time.from_msg(msg.header.stamp)
+        now = self.get_clock().now()
+        # Integer nanoseconds throughout: rclpy refuses a negative Time (sim time starts at 0).
+        if self._last_clock is not None and \
+                now.nanoseconds < self._last_clock.nanoseconds - 1_000_000_000:
+            self.get_logger().warning('clock jumped back: priors and stamps forgotten')
+            with self._lock:
+                self._reset_state()
+        self._last_clock = now
+        age = (now.nanoseconds - stamp.nanoseconds) * 1e-9
+        if s.max_image_age > 0 and now.nanoseconds > 0 and age > s.max_image_age:
+            self._reject('stale', f'image is {age:.2f} s old (max_image_age {s.max_image_age})')
+            return
+        if self._last_stamp is not None and stamp <= self._last_stamp:
+            self._reject('out of order', f'stamp {stamp.nanoseconds * 1e-9:.3f} s is not after '
+                         f'the last processed {self._last_stamp.nanoseconds * 1e-9:.3f} s')
+            return
+        try:
+            rgb = message_to_rgb(msg)
+        except ImageConversionError as exc:
+            self._reject('bad image', str(exc))
+            return
+        extrinsic = self._camera_extrinsic(s)
+        if extrinsic is None:
+            self._reject('no extrinsic', f'no transform {s.base_frame} -> {s.camera_frame} yet')
+            return
+        prior_pose, prior_cov = self._choose_prior(stamp, s, extrinsic)
+        result = self._localizer.localize(rgb, prior_pose, prior_cov)
+        if not (np.isfinite(result.pose).all() and np.isfinite(result.covariance).all()):
+            raise ValueError('the localizer returned a non-finite pose or covariance')
+        self._last_stamp = stamp
+
+        # camera body -> base_link, covariance through the lever arm (module docstring).
+        t_map_camera = pose_to_matrix(result.pose)
+        t_map_base = t_map_camera @ np.linalg.inv(extrinsic)
+        cov_camera = result.covariance + np.diag(np.square(s.min_std))
+        covariance = compose_covariance(cov_camera, t_map_camera[:3, 3], t_map_base[:3, 3])
+        header_stamp = msg.header.stamp
+        good = result.score >= s.min_score
+        self._score_pub.publish(Float32(data=float(result.score)))
+        self._publish_markers(result, extrinsic, t_map_base, header_stamp, s)
+        if good:
+            out = PoseWithCovarianceStamped()
+            out.header.stamp = header_stamp
+            out.header.frame_id = s.map_frame
+            out.pose.pose = matrix_to_pose_msg(t_map_base)
+            out.pose.covariance = covariance.reshape(-1).tolist()
+            self._pose_pub.publish(out)
+            self._publish_tf(t_map_base, stamp, s)
+        processing_ms = 1e3 * (time.perf_counter() - started)
+        age_ms = (self.get_clock().now().nanoseconds - stamp.nanoseconds) * 1e-6
+        with self._lock:
+            st = self._stats
+            st.processed += 1
+            st.published += int(good)
+            st.low_score += int(not good)
+            st.last_score, st.last_mode = result.score, result.mode
+            st.done.append((time.monotonic(), processing_ms, age_ms))
+            st.last_outcome = 'published' if good else 'low score'
+            if not good:
+                self._force_global = True
+                st.last_problem = f'score {result.score:.3f} < min_score {s.min_score}'
+        if not good:
+            self.get_logger().warning(f'score {result.score:.3f} under min_score {s.min_score}: '
+                                   'no pose published, next frame searches globally',
+                                   throttle_duration_sec=5.0)
+
+    def _choose_prior(self, stamp: Time, s: Settings, extrinsic: np.ndarray):
+        """(T_map_camera pose (7,), covariance) seeding tracking, or (None, None) for global."""
+        with self._lock:
+            if self._force_global:
+                self._force_global = False
+                self._initial_pose = None
+                return None, None
+            seed, self._initial_pose = self._initial_pose, None
+            if seed is None and s.tracking_enabled and self._prior is not None:
+                prior_stamp, matrix, covariance = self._prior
+                gap_s = abs(stamp.nanoseconds - prior_stamp.nanoseconds) * 1e-9
+                if gap_s <= s.tracking_prior_timeout:
+                    seed = (matrix, covariance)
+        if seed is None:
+            return None, None
+        t_map_base, covariance = seed
+        t_map_camera = t_map_base @ extrinsic
+        cov_camera = compose_covariance(covariance, t_map_base[:3, 3], t_map_camera[:3, 3])
+        return matrix_to_pose(t_map_camera), cov_camera
+
+    def _camera_extrinsic(self, s: Settings):
+        """``T_base_camera`` (body frame), from the parameters or once from TF."""
+        if self._extrinsic is None and self._tf_buffer is not None:
+            try:
+                tf = self._tf_buffer.lookup_transform(s.base_frame, s.camera_frame, Time(),
+                                                      Duration(seconds=TF_LOOKUP_TIMEOUT_S))
+            except Exception:  # tf2 raises several lookup exception types
+                return None
+            tr, rot = tf.transform.translation, tf.transform.rotation
+            matrix = np.eye(4)
+            matrix[:3, :3] = quat_xyzw_to_matrix([rot.x, rot.y, rot.z, rot.w])
+            matrix[:3, 3] = [tr.x, tr.y, tr.z]
+            if s.camera_extrinsic_optical:
+                matrix = matrix @ np.linalg.inv(T_camera_optical())
+            self._extrinsic = matrix
+        return self._extrinsic
+
+    def _publish_tf(self, t_map_base: np.ndarray, stamp: Time, s: Settings):
+        """map->odom = T_map_base @ inv(T_odom_base at the image stamp), post-dated (AMCL)."""
+        if self._tf_broadcaster is None:
+            return
+        try:
+            tf = self._tf_buffer.lookup_transform(s.odom_frame, s.base_frame, stamp,
+                                                  Duration(seconds=TF_LOOKUP_TIMEOUT_S))
+        except Exception as exc:  # tf2 raises several lookup exception types
+            self.get_logger().warning(f'no {s.odom_frame}->{s.base_frame} at the image stamp, '
+                                   f'map->odom not updated: {exc}', throttle_duration_sec=5.0)
+            return
+        tr, rot = tf.transform.translation, tf.transform.rotation
+        t_odom_base = pose_to_matrix([tr.x, tr.y, tr.z, rot.x, rot.y, rot.z, rot.w])
+        t_map_odom = matrix_to_pose(t_map_base @ np.linalg.inv(t_odom_base))
+        out = TransformStamped()
+        out.header.stamp = (stamp + Duration(seconds=s.transform_tolerance)).to_msg()
+        out.header.frame_id, out.child_frame_id = s.map_frame, s.odom_frame
+        out.transform.translation = Vector3(x=t_map_odom[0], y=t_map_odom[1], z=t_map_odom[2])
+        out.transform.rotation = Quaternion(x=t_map_odom[3], y=t_map_odom[4], z=t_map_odom[5],
+                                            w=t_map_odom[6])
+        self._tf_broadcaster.sendTransform(out)
+
+    def _publish_markers(self, result, extrinsic, t_map_base, stamp: TimeMsg, s: Settings):
+        markers = MarkerArray()
+        markers.markers.append(Marker(action=Marker.DELETEALL))
+        camera_base = np.linalg.inv(extrinsic)
+        count = min(s.markers_count, len(result.candidates))
+        scores = result.candidate_scores[:count]
+        low, high = (float(scores.min()), float(scores.max())) if count else (0.0, 1.0)
+        for i in range(count):
+            marker = Marker(ns='candidates', id=i, type=Marker.ARROW, action=Marker.ADD)
+            marker.header.stamp, marker.header.frame_id = stamp, s.map_frame
+            matrix = pose_to_matrix(result.candidates[i]) @ camera_base
+            marker.pose = matrix_to_pose_msg(matrix)
+            marker.scale = Vector3(x=2.0, y=0.25, z=0.25)
+            marker.color = score_color((scores[i] - low) / (high - low) if high > low else 1.0)
+            markers.markers.append(marker)
+        estimate = Marker(ns='estimate', id=0, type=Marker.ARROW, action=Marker.ADD)
+        estimate.header.stamp, estimate.header.frame_id = stamp, s.map_frame
+        estimate.pose = matrix_to_pose_msg(t_map_base)
+        estimate.scale = Vector3(x=4.0, y=0.6, z=0.6)
+        estimate.color = ColorRGBA(r=0.1, g=0.4, b=1.0, a=1.0)
+        label = Marker(ns='estimate', id=1, type=Marker.TEXT_VIEW_FACING, action=Marker.ADD)
+        label.header = estimate.header
+        label.pose = matrix_to_pose_msg(t_map_base)
+        label.pose.position.z += 3.0
+        label.scale.z = 1.5
+        label.color = ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0)
+        label.text = f'{result.mode} {result.score:.2f}'
+        markers.markers.extend([estimate, label])
+        self._marker_pub.publish(markers)
+
+    # --- diagnostics --------------------------------------------------------------------------
+
+    def _event_diagnostics(self):
+        now = time.monotonic()
+        if now - self._last_event_diag >= EVENT_DIAGNOSTICS_MIN_PERIOD_S:
+            self._last_event_diag = now
+            self._publish_diagnostics()
+
+    def _publish_diagnostics(self):
+        s = self._settings
+        if s is None:
+            return
+        now = time.monotonic()
+        with self._lock:
+            st = self._stats
+            window = st.window(now)
+            values = {
+                'rate (Hz)': len(window) / STATS_WINDOW_S,
+                'frames received': st.received,
+                'frames skipped': st.skipped,
+                'frames processed': st.processed,
+                'poses published': st.published,
+                'frames under min_score': st.low_score,
+                'frames failed': st.failed,
+                'frames rejected': sum(st.rejected.values()),
+                **{f'rejected: {k}': v for k, v in sorted(st.rejected.items())},
+                'last score': st.last_score,
+                'mode': st.last_mode,
+                'last problem': st.last_problem,
+            }
+            outcome = st.last_outcome
+        if window:
+            processing = np.array([w[1] for w in window])
+            age = np.array([w[2] for w in window])
+            values.update({'latency median (ms)': float(np.median(processing)),
+                           'latency p95 (ms)': float(np.percentile(processing, 95)),
+                           'stamp age at publish median (ms)': float(np.median(age))})
+        values.update({'backend': s.backend, 'device': self._device,
+                       'image conversion': IMAGE_BACKEND or 'none', 'model': s.model_path})
+        status = DiagnosticStatus(name=f'{self.get_name()}: localization',
+                                  hardware_id=f'{s.backend}:{self._device}')
+        active = bool(self._subscriptions)
+        if not active:
+            status.level, status.message = DiagnosticStatus.WARN, 'inactive'
+        elif not window:
+            status.level, status.message = DiagnosticStatus.WARN, 'no frames processed lately'
+        elif outcome == 'failed':
+            status.level, status.message = DiagnosticStatus.ERROR, values['last problem']
+        elif outcome != 'published':
+            status.level, status.message = DiagnosticStatus.WARN, values['last problem']
+        else:
+            status.level, status.message = DiagnosticStatus.OK, 'localizing'
+        status.values = [KeyValue(key=k, value=f'{v:.4g}' if isinstance(v, float) else str(v))
+                         for k, v in values.items()]
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self._diag_pub.publish(array)
+
+
+def main(args=None) -> None:
+    """Run the node alone (``ros2 run imposing_ros localizer_node``; lifecycle driven outside)."""
+    rclpy.init(args=args)
+    node = LocalizerNode()
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == '__main__':
+    main()
