@@ -95,6 +95,7 @@ class ImageCache:
             np.save(tmp / 'stamps.npy', np.asarray(stamps, dtype=np.int64))
             meta = {'count': count, 'size': list(size), 'key': key, 'sources': sorted(sources)}
             (tmp / 'meta.json').write_text(json.dumps(meta, indent=1))
+            tmp.chmod(0o755)  # mkdtemp makes it private; the cache is ordinary data
             if root.exists():
                 shutil.rmtree(root)
             os.replace(tmp, root)

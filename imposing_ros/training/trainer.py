@@ -276,6 +276,10 @@ def train(scenes: dict[str, SceneData], out: str | Path, model_config: ModelConf
             optimizer.step()
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f'{losses[-1]:.4f}')
+            if bar.disable and rank == 0 and len(losses) % 100 == 0:  # no tty: log progress
+                LOGGER.info('epoch %d step %d/%d: loss %.4f (%.2f s/step)', epoch + 1,
+                            len(losses), bar.total, np.mean(losses[-100:]),
+                            (time.perf_counter() - t0) / len(losses))
         record = {'epoch': epoch + 1, 'loss': float(np.mean(losses)) if losses else math.nan,
                   'seconds': time.perf_counter() - t0}
         is_best = False
