@@ -52,7 +52,8 @@ setup(
     ],
     extras_require={
         'ros': ROS_WHEELS,
-        'test': ['pytest==9.2.0', 'ruff==0.17.6', 'scipy>=1.11', 'colcon-common-extensions==0.3.0'],
+        'test': ['pytest==9.2.0', 'ruff==0.17.6', 'scipy>=1.11',
+                 'colcon-common-extensions==0.3.0'],
     },
     zip_safe=True,
     maintainer='imposing_ros developers',

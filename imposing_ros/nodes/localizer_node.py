@@ -41,7 +41,7 @@ import time
 
 from builtin_interfaces.msg import Time as TimeMsg
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import Point, Pose, PoseWithCovarianceStamped, Quaternion, Vector3
+from geometry_msgs.msg import PoseWithCovarianceStamped, Quaternion, Vector3
 import numpy as np
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 import rclpy
@@ -69,6 +69,11 @@ from imposing_ros.geometry import (
     pose_to_matrix,
     quat_xyzw_to_matrix,
     T_camera_optical,
+)
+from imposing_ros.nodes.conversions import (  # noqa: F401 (re-exported for the tests)
+    check_pose_with_covariance,
+    matrix_to_pose_msg,
+    pose_msg_to_matrix,
 )
 from imposing_ros.nodes.image_conversion import BACKEND as IMAGE_BACKEND
 from imposing_ros.nodes.image_conversion import ImageConversionError, message_to_rgb
@@ -133,45 +138,6 @@ def extrinsic_matrix(xyz, rpy, optical: bool) -> np.ndarray:
     if optical:
         matrix = matrix @ np.linalg.inv(T_camera_optical())
     return matrix
-
-
-def pose_msg_to_matrix(pose: Pose) -> np.ndarray:
-    """4x4 transform of a ``geometry_msgs/Pose`` (quaternion normalised by the caller)."""
-    p, q = pose.position, pose.orientation
-    return pose_to_matrix([p.x, p.y, p.z, q.x, q.y, q.z, q.w])
-
-
-def matrix_to_pose_msg(matrix: np.ndarray) -> Pose:
-    """``geometry_msgs/Pose`` of a 4x4 transform."""
-    pose = matrix_to_pose(matrix)
-    return Pose(position=Point(x=pose[0], y=pose[1], z=pose[2]),
-                orientation=Quaternion(x=pose[3], y=pose[4], z=pose[5], w=pose[6]))
-
-
-def check_pose_with_covariance(msg: PoseWithCovarianceStamped, frame: str
-                               ) -> tuple[np.ndarray, np.ndarray]:
-    """(T 4x4, covariance 6x6) of a pose message, or ``ValueError`` saying what is wrong.
-
-    Refuses another frame than ``frame``, NaN or infinite values, a quaternion far from unit
-    length and a covariance that is not symmetric with a non-negative diagonal.
-    """
-    if msg.header.frame_id.lstrip('/') != frame:
-        raise ValueError(f"frame_id is '{msg.header.frame_id}', expected '{frame}'")
-    p, q = msg.pose.pose.position, msg.pose.pose.orientation
-    values = np.array([p.x, p.y, p.z, q.x, q.y, q.z, q.w], dtype=float)
-    covariance = np.asarray(msg.pose.covariance, dtype=float)
-    if covariance.shape != (36,):
-        raise ValueError(f'covariance has {covariance.size} values, expected 36')
-    covariance = covariance.reshape(6, 6)
-    if not (np.isfinite(values).all() and np.isfinite(covariance).all()):
-        raise ValueError('pose or covariance contains NaN or infinite values')
-    norm = float(np.linalg.norm(values[3:]))
-    if not 0.9 < norm < 1.1:
-        raise ValueError(f'orientation is not a unit quaternion (norm {norm:.3g})')
-    values[3:] /= norm
-    if (np.diag(covariance) < 0).any() or not np.allclose(covariance, covariance.T, atol=1e-9):
-        raise ValueError('covariance is not symmetric with a non-negative diagonal')
-    return pose_to_matrix(values), covariance
 
 
 def score_color(fraction: float) -> ColorRGBA:

@@ -81,6 +81,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--device', help='cpu or cuda (default: cuda if available)')
     parser.add_argument('--no-resume', action='store_true', help='ignore an existing last.pt')
     parser.add_argument('--cache', help='image cache directory (default: OUT/cache)')
+    parser.add_argument('--stride', type=int, default=1,
+                        help='train on every STRIDE-th frame (consecutive frames are a few '
+                             'metres apart; a stride shortens epochs on small machines)')
 
 
 def run(args: argparse.Namespace) -> int:
@@ -107,7 +110,10 @@ def run(args: argparse.Namespace) -> int:
                                   model_cfg.image_size)
         val_cache = build_cache(specs['val'], cache_root / f'{scene}-val',
                                 model_cfg.image_size) if specs['val'] else None
-        scenes[scene] = SceneData(CachedPosedImages(train_cache),
+        if args.stride < 1:
+            raise ValueError(f'--stride must be >= 1, got {args.stride}')
+        scenes[scene] = SceneData(CachedPosedImages(train_cache,
+                                                    np.arange(0, len(train_cache), args.stride)),
                                   CachedPosedImages(val_cache) if val_cache else None,
                                   np.asarray(train_cache.poses))
         LOGGER.info('scene %s: %d training, %d validation frames', scene, len(train_cache),
