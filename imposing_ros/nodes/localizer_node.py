@@ -35,7 +35,6 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-import math
 import threading
 import time
 
@@ -43,7 +42,6 @@ from builtin_interfaces.msg import Time as TimeMsg
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseWithCovarianceStamped, Quaternion, Vector3
 import numpy as np
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
@@ -62,6 +60,7 @@ from rclpy.time import Time
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import ColorRGBA, Float32
 from std_srvs.srv import Trigger
+import transforms3d
 from visualization_msgs.msg import Marker, MarkerArray
 
 from imposing_ros.geometry import (
@@ -70,6 +69,7 @@ from imposing_ros.geometry import (
     quat_xyzw_to_matrix,
     T_camera_optical,
 )
+from imposing_ros.nodes import params
 from imposing_ros.nodes.conversions import (  # noqa: F401 (re-exported for the tests)
     check_pose_with_covariance,
     matrix_to_pose_msg,
@@ -118,12 +118,7 @@ def compose_covariance(covariance: np.ndarray, t_a: np.ndarray, t_b: np.ndarray)
 
 def rpy_matrix(roll: float, pitch: float, yaw: float) -> np.ndarray:
     """Rotation matrix of ROS roll, pitch, yaw (fixed axes x, y, z; tf2's setRPY)."""
-    cr, sr, cp, sp, cy, sy = (math.cos(roll), math.sin(roll), math.cos(pitch),
-                              math.sin(pitch), math.cos(yaw), math.sin(yaw))
-    rx = np.array([[1, 0, 0], [0, cr, -sr], [0, sr, cr]])
-    ry = np.array([[cp, 0, sp], [0, 1, 0], [-sp, 0, cp]])
-    rz = np.array([[cy, -sy, 0], [sy, cy, 0], [0, 0, 1]])
-    return rz @ ry @ rx
+    return transforms3d.euler.euler2mat(roll, pitch, yaw, 'sxyz')
 
 
 def extrinsic_matrix(xyz, rpy, optical: bool) -> np.ndarray:
@@ -148,41 +143,10 @@ def score_color(fraction: float) -> ColorRGBA:
 
 # --- parameters -------------------------------------------------------------------------------
 
-def _finite_list(n: int, nonnegative: bool = False):
-    def check(value):
-        if len(value) != n or not all(math.isfinite(v) for v in value):
-            return f'needs {n} finite values'
-        if nonnegative and any(v < 0 for v in value):
-            return f'needs {n} values >= 0'
-        return None
-    return check
-
-
-def _at_least(low, strict: bool = False):
-    def check(value):
-        ok = value > low if strict else value >= low
-        return None if ok and math.isfinite(value) else f'must be {">" if strict else ">="} {low}'
-    return check
-
-
-def _one_of(choices):
-    def check(value):
-        return None if value in choices else f'must be one of {", ".join(choices)}'
-    return check
-
-
 def _device(value):
     if value in DEVICES or (value.startswith('cuda:') and value[5:].isdigit()):
         return None
     return 'must be auto, cpu, cuda or cuda:N'
-
-
-def _nonempty(value):
-    return None if value.strip() else 'must not be empty'
-
-
-def _score(value):
-    return None if 0.0 <= value <= 1.0 else 'must be in [0, 1]'
 
 
 # (name, default, description, check or None). Read at on_configure; a change while configured
@@ -194,63 +158,65 @@ PARAMETERS = (
     ('scene', '', 'scene of a multi-scene checkpoint (empty: its only/first scene)', None),
     ('device', 'auto', 'inference device: auto (cuda if available, else cpu), cpu, cuda, cuda:N',
      _device),
-    ('backend', 'torch', 'inference backend: torch (eager PyTorch)', _one_of(BACKENDS)),
+    ('backend', 'torch', 'inference backend: torch (eager PyTorch)', params.one_of(BACKENDS)),
     ('image_topic', 'camera/image_raw',
      'raw image topic; with image_transport compressed, <image_topic>/compressed is used',
-     _nonempty),
+     params.nonempty),
     ('image_transport', 'raw', 'raw (sensor_msgs/Image) or compressed (CompressedImage)',
-     _one_of(TRANSPORTS)),
+     params.one_of(TRANSPORTS)),
     ('prior_topic', 'imposing_motion_filter/prior',
-     'PoseWithCovarianceStamped of base_link in map_frame seeding tracking mode', _nonempty),
+     'PoseWithCovarianceStamped of base_link in map_frame seeding tracking mode', params.nonempty),
     ('initial_pose_topic', 'initialpose',
-     "initial pose (RViz '2D Pose Estimate'): seeds one tracking search", _nonempty),
-    ('search.num_candidates', 4096, 'N: pose candidates scored per level', _at_least(1)),
-    ('search.levels', 6, 'K: levels of the global search (level 0 included)', _at_least(1)),
+     "initial pose (RViz '2D Pose Estimate'): seeds one tracking search", params.nonempty),
+    ('search.num_candidates', 4096, 'N: pose candidates scored per level', params.at_least(1)),
+    ('search.levels', 6, 'K: levels of the global search (level 0 included)', params.at_least(1)),
     ('search.top_k', 100, 'B: top candidates kept as mixture components per level',
-     _at_least(1)),
+     params.at_least(1)),
     ('search.num_average', 256, 'candidates of the last level averaged into the estimate',
-     _at_least(1)),
+     params.at_least(1)),
     ('search.sigma', [8.0, 8.0, 0.2, 1.0, 1.0, 5.0],
      'proposer standard deviation at level 1: x, y, z (m), roll, pitch, yaw (deg)',
-     _finite_list(6, nonnegative=True)),
+     params.finite_list(6, nonnegative=True)),
     ('min_score', 0.5, 'best score in [0, 1] under which no pose is published (next frame '
-     'searches globally)', _score),
+     'searches globally)', params.in_range(0.0, 1.0)),
     ('max_rate', 0.0, 'most frames processed per second (Hz); 0: as fast as possible',
-     _at_least(0.0)),
+     params.at_least(0.0)),
     ('max_image_age', 1.0, 'images older than this (s, node clock) are refused; 0: no check',
-     _at_least(0.0)),
+     params.at_least(0.0)),
     ('min_std', [0.05, 0.05, 0.05, 0.005, 0.005, 0.005],
      'added in quadrature to the published standard deviations (keeps the covariance '
      'positive definite): x, y, z (m), roll, pitch, yaw (rad)',
-     _finite_list(6, nonnegative=True)),
-    ('map_frame', 'map', 'global frame of the published pose (REP-105)', _nonempty),
-    ('odom_frame', 'odom', 'odometry frame; map->odom is published on /tf', _nonempty),
-    ('base_frame', 'base_link', 'robot body frame the published pose refers to', _nonempty),
-    ('camera_frame', 'camera_link', 'frame of the camera the extrinsic refers to', _nonempty),
+     params.finite_list(6, nonnegative=True)),
+    ('map_frame', 'map', 'global frame of the published pose (REP-105)', params.nonempty),
+    ('odom_frame', 'odom', 'odometry frame; map->odom is published on /tf', params.nonempty),
+    ('base_frame', 'base_link', 'robot body frame the published pose refers to', params.nonempty),
+    ('camera_frame', 'camera_link', 'frame of the camera the extrinsic refers to',
+     params.nonempty),
     ('camera_extrinsic.from_tf', False,
      'read base_frame->camera_frame from TF (needs tf2_ros) instead of xyz/rpy', None),
     ('camera_extrinsic.xyz', [0.0, 0.0, 0.0], 'camera_frame origin in base_frame (m)',
-     _finite_list(3)),
+     params.finite_list(3)),
     ('camera_extrinsic.rpy', [0.0, 0.0, 0.0],
      'camera_frame orientation in base_frame: roll, pitch, yaw (rad, fixed axes)',
-     _finite_list(3)),
+     params.finite_list(3)),
     ('camera_extrinsic.optical', False,
      'camera_frame is an optical frame (z forward, x right) rather than x forward, z up', None),
     ('publish_tf', True, 'publish map->odom on /tf (needs tf2_ros)', None),
     ('transform_tolerance', 0.5, 'map->odom is post-dated by this much (s), as in AMCL',
-     _at_least(0.0)),
+     params.at_least(0.0)),
     ('tracking.enabled', True, 'use a recent motion-filter prior to run a tracking search',
      None),
     ('tracking.levels', 3, 'levels of a tracking search (level 0 = candidates around the prior)',
-     _at_least(1)),
+     params.at_least(1)),
     ('tracking.prior_timeout', 0.5,
-     'a prior more than this (s) away from the image stamp is not used', _at_least(0.0, True)),
+     'a prior more than this (s) away from the image stamp is not used',
+     params.at_least(0.0, True)),
     ('tracking.min_sigma', [1.0, 1.0, 0.1, 0.5, 0.5, 2.0],
      'floor of the prior standard deviation seeding tracking: x, y, z (m), r, p, y (deg)',
-     _finite_list(6, nonnegative=True)),
-    ('markers.count', 50, 'top candidates drawn on ~/candidates', _at_least(0)),
-    ('diagnostic_period', 1.0, 'period of /diagnostics (s)', _at_least(0.0, True)),
-    ('seed', 0, 'seed of the candidate noise (same image, same pose)', _at_least(0)),
+     params.finite_list(6, nonnegative=True)),
+    ('markers.count', 50, 'top candidates drawn on ~/candidates', params.at_least(0)),
+    ('diagnostic_period', 1.0, 'period of /diagnostics (s)', params.at_least(0.0, True)),
+    ('seed', 0, 'seed of the candidate noise (same image, same pose)', params.at_least(0)),
 )
 
 
@@ -310,12 +276,8 @@ class LocalizerNode(LifecycleNode):
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs):
         super().__init__(node_name, **kwargs)
-        for name, default, description, _ in PARAMETERS:
-            when = 'applies to the next frame' if name in LIVE else 'read at configure'
-            self.declare_parameter(name, default,
-                                   ParameterDescriptor(description=f'{description} ({when})'))
-        self._checks = {name: check for name, _, _, check in PARAMETERS}
-        self.add_on_set_parameters_callback(self._validate_parameters)
+        params.declare(self, PARAMETERS, cross_check, lambda name, text: (
+            f"{text} ({'applies to the next frame' if name in LIVE else 'read at configure'})"))
         self._lock = threading.Lock()
         self._busy = threading.Lock()  # held while a frame is processed
         self._input_group = MutuallyExclusiveCallbackGroup()
@@ -329,22 +291,8 @@ class LocalizerNode(LifecycleNode):
 
     # --- parameters ---------------------------------------------------------------------------
 
-    def _validate_parameters(self, params) -> SetParametersResult:
-        values = self._read_values()
-        for param in params:
-            check = self._checks.get(param.name)
-            if check is not None:
-                reason = check(param.value)
-                if reason:
-                    return SetParametersResult(
-                        successful=False, reason=f'{param.name} {reason} (got {param.value!r})')
-            values[param.name.replace('.', '_')] = param.value
-        reason = cross_check(values)
-        return SetParametersResult(successful=reason is None, reason=reason or '')
-
     def _read_values(self) -> dict:
-        return {name.replace('.', '_'): self.get_parameter(name).value
-                for name, *_ in PARAMETERS}
+        return params.read(self, PARAMETERS)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -417,12 +365,7 @@ class LocalizerNode(LifecycleNode):
             raise ValueError('camera_extrinsic.from_tf needs tf2_ros, which is not installed; '
                              'set camera_extrinsic.xyz/rpy instead')
         # Values from parameter files were declared before the set-callback existed: check them.
-        for name, _, _, check in PARAMETERS:
-            value = settings.values[name.replace('.', '_')]
-            reason = check(value) if check else None
-            if reason:
-                raise ValueError(f'parameter {name} {reason} (got {value!r})')
-        reason = cross_check(settings.values)
+        reason = params.check_values(settings.values, PARAMETERS, cross_check)
         if reason:
             raise ValueError(reason)
         device = settings.device

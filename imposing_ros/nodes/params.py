@@ -41,7 +41,7 @@ def at_least(low: float, strict: bool = False) -> Check:
 def in_range(low: float, high: float) -> Check:
     """A number in [low, high]."""
     def check(value):
-        return None if low <= value <= high else f'must be in [{low}, {high}]'
+        return None if low <= value <= high else f'must be in [{low:g}, {high:g}]'
     return check
 
 
