@@ -11,7 +11,7 @@ export ROS_DOMAIN_ID ?= 42
 export MUJOCO_GL ?= egl
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup debs test lint demo bench clean
+.PHONY: setup debs test lint demo demo-data demo-model bench clean
 
 setup: debs $(STAMP)
 
@@ -39,6 +39,20 @@ lint: setup
 
 demo: setup
 	$(VENV)/bin/imposing-ros demo
+
+# The committed demo model, reproduced: render the city (about 19 min), train (about an hour on
+# 2 cores: config/train_helsinki.yaml), keep fp16 weights (models/ holds at most 50 MB).
+TRAIN_TRAVERSALS := t1_sunny_summer t2_overcast_autumn t3_dusk_summer t4_foggy_spring t5_snowy_winter
+demo-data: setup
+	test -f data/helsinki/t6_heldout_winter_morning/metadata.yaml || \
+	  $(VENV)/bin/imposing-ros sim --scene config/scenes/helsinki.yaml --out data/helsinki
+
+demo-model: demo-data
+	$(VENV)/bin/imposing-ros train --config config/train_helsinki.yaml --stride 3 --out runs/helsinki \
+	  $(foreach t,$(TRAIN_TRAVERSALS),--train helsinki=data/helsinki/$(t)) \
+	  --val helsinki=data/helsinki/t6_heldout_winter_morning
+	$(VENV)/bin/imposing-ros export --model runs/helsinki/last.pt --format checkpoint-fp16 \
+	  --out models/helsinki_demo.pt
 
 bench: setup
 	$(VENV)/bin/imposing-ros bench --json runs/bench.json

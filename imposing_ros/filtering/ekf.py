@@ -14,7 +14,9 @@ does not matter), with noise growing with distance and rotation (AMCL's odometry
 
 Update. A pose measurement (x, y, z, yaw block of its 6x6 ROS covariance) is fused when its
 squared Mahalanobis distance is under ``mahalanobis_threshold`` (chi-square, 4 dof), rejected and
-counted otherwise.
+counted otherwise. A global localizer can be wrong, and so can the pose the filter started
+from: after ``reinit_after_rejections`` measurements rejected in a row the filter restarts from
+the latest one (a kidnapped robot, a wrong first fix), instead of refusing every later fix.
 
 Lagged measurements (robot_localization's ``smooth_lagged_data``). The localizer's pose arrives
 after later odometry: the filter keeps a history of inputs and states over ``history_s`` seconds;
@@ -22,8 +24,12 @@ a measurement older than the newest input rewinds to the last state before its s
 every later input, odometry interpolated at the measurement stamp. The result equals what timely
 delivery gives. Measurements older than the history are dropped and counted.
 
-Time. Stamps are integer nanoseconds. Odometry that goes backwards in time (a bag loop) resets
-the filter.
+Time. Stamps are integer nanoseconds (``builtin_interfaces/Time`` as ``sec * 10**9 + nanosec``:
+exact, no float rounding at 1.7e9 s). Odometry that goes backwards in time (a bag loop) resets
+the filter; :meth:`MotionFilter.restart` does the same for a caller that sees its clock jump back.
+
+Frames. Odometry is base_link in the odom frame, measurements and the state base_link in the map
+frame; both poses are ``(x, y, z, qx, qy, qz, qw)`` (geometry.py), covariances 6x6 ROS layout.
 """
 
 from __future__ import annotations
@@ -66,6 +72,9 @@ class FilterConfig:
     # Squared Mahalanobis distance above which a measurement is rejected (chi-square, 4 dof:
     # 18.47 keeps 99.9 % of consistent measurements).
     mahalanobis_threshold: float = 18.47
+    # Measurements rejected in a row after which the filter restarts from the latest one
+    # (0: never). Independent outliers rarely come 5 in a row; a wrong state always does.
+    reinit_after_rejections: int = 5
     # Seconds of inputs kept to re-apply late measurements.
     history_s: float = 10.0
     # Variance (rad^2) published for the unestimated roll and pitch.
@@ -79,14 +88,22 @@ class FilterConfig:
                 raise ValueError(f'{name} must be finite and >= 0, got {value}')
         if self.mahalanobis_threshold <= 0 or self.history_s <= 0:
             raise ValueError('mahalanobis_threshold and history_s must be > 0')
+        if int(self.reinit_after_rejections) != self.reinit_after_rejections:
+            raise ValueError('reinit_after_rejections must be an integer')
 
 
 class FilterState(NamedTuple):
-    """Estimate at ``stamp_ns``: ``mean [x, y, z, yaw]`` and ``covariance (4, 4)``."""
+    """Estimate at ``stamp_ns``: ``mean [x, y, z, yaw]`` and ``covariance (4, 4)``.
+
+    ``last_fix_ns`` is the stamp of the latest fused measurement, ``rejected_in_row`` the
+    measurements rejected since; both are part of the state so that a replay reproduces them.
+    """
 
     stamp_ns: int
     mean: np.ndarray
     covariance: np.ndarray
+    last_fix_ns: int | None = None
+    rejected_in_row: int = 0
 
     def pose(self) -> np.ndarray:
         """``(x, y, z, qx, qy, qz, qw)`` with zero roll and pitch."""
@@ -105,13 +122,15 @@ class FilterState(NamedTuple):
 class _Entry:
     """One input of the history and the filter's state right after it."""
 
-    __slots__ = ('stamp_ns', 'kind', 'value', 'covariance', 'state', 'odom', 'verdict')
+    __slots__ = ('stamp_ns', 'kind', 'value', 'covariance', 'state', 'odom', 'verdict',
+                 'restarted')
 
     def __init__(self, stamp_ns: int, kind: str, value: np.ndarray, covariance=None):
         self.stamp_ns, self.kind, self.value, self.covariance = stamp_ns, kind, value, covariance
         self.state: FilterState | None = None
         self.odom: tuple[int, np.ndarray] | None = None  # odometry pose at this stamp
         self.verdict: bool | None = None  # measurement fused (True) or rejected (False)
+        self.restarted = False  # the filter restarted from this measurement
 
     @property
     def key(self) -> tuple[int, int]:
@@ -147,8 +166,13 @@ class MotionFilter:
         self._base: FilterState | None = None  # state before the first kept entry
         self._base_odom: tuple[int, np.ndarray] | None = None
         self._last_odom_ns: int | None = None
-        self._trimmed = [0, 0]  # accepted, rejected among inputs folded into _base
+        self._trimmed = [0, 0, 0]  # accepted, rejected, restarts among inputs folded into _base
         self._folded = False
+
+    def restart(self) -> None:
+        """Forget the state and the history after a backward time jump (counted in ``resets``)."""
+        self.resets += 1
+        self.reset()
 
     @property
     def accepted(self) -> int:
@@ -159,6 +183,11 @@ class MotionFilter:
     def rejected(self) -> int:
         """Measurements rejected by the Mahalanobis test so far."""
         return self._trimmed[1] + sum(e.verdict is False for e in self._entries)
+
+    @property
+    def reinitializations(self) -> int:
+        """Restarts from a measurement after ``reinit_after_rejections`` rejections in a row."""
+        return self._trimmed[2] + sum(e.restarted for e in self._entries)
 
     @property
     def state(self) -> FilterState | None:
@@ -181,8 +210,7 @@ class MotionFilter:
             if stamp_ns < self._last_odom_ns:
                 LOGGER.info('odometry went back in time by %.3f s: filter reset',
                             (self._last_odom_ns - stamp_ns) * 1e-9)
-                self.resets += 1
-                self.reset()
+                self.restart()
             elif stamp_ns == self._last_odom_ns:
                 return
         self._last_odom_ns = stamp_ns
@@ -191,7 +219,8 @@ class MotionFilter:
     def add_pose(self, stamp_ns: int, pose7, covariance6) -> bool | None:
         """Global pose measurement of base_link in the map, possibly late.
 
-        Returns True if fused, False if rejected by the Mahalanobis test, None if dropped as
+        Returns True if fused, False if rejected by the Mahalanobis test (also when that
+        rejection restarted the filter from it, see ``reinitializations``), None if dropped as
         older than the history. Raises ValueError for a non-finite pose or a covariance that is
         not symmetric positive semi-definite.
         """
@@ -213,12 +242,15 @@ class MotionFilter:
 
     def initialize(self, stamp_ns: int, pose7, covariance6) -> None:
         """Set the state from a pose (e.g. RViz's initial pose), forgetting the history."""
+        value, cov = planar_pose(pose7), pose_block(covariance6)
+        if not (np.isfinite(value).all() and np.isfinite(cov).all()):
+            raise ValueError('initial pose or its covariance is not finite')
         odom = self._entries[-1].odom if self._entries else self._base_odom
         last_odom_ns = self._last_odom_ns
         self.reset()
         self._last_odom_ns = last_odom_ns
-        cov = pose_block(covariance6) + np.eye(4) * self.config.min_measurement_variance
-        self._base = FilterState(stamp_ns, planar_pose(pose7), cov)
+        cov = cov + np.eye(4) * self.config.min_measurement_variance
+        self._base = FilterState(stamp_ns, value, cov, last_fix_ns=stamp_ns)
         self._base_odom = odom
 
     def predict(self, stamp_ns: int) -> FilterState | None:
@@ -226,8 +258,7 @@ class MotionFilter:
         state = self.state
         if state is None:
             return None
-        dt = max(0, stamp_ns - state.stamp_ns) * 1e-9
-        return FilterState(stamp_ns, state.mean, state.covariance + self._time_noise(dt))
+        return self.predict_from(state, stamp_ns)
 
     # --- history --------------------------------------------------------------------------------
 
@@ -264,7 +295,7 @@ class MotionFilter:
                     odom = (entry.stamp_ns, target)
                 elif state is not None:  # no motion known yet past this stamp
                     state = self.predict_from(state, entry.stamp_ns)
-                state, entry.verdict = self._update(state, entry)
+                state, entry.verdict, entry.restarted = self._update(state, entry)
             entry.state, entry.odom = state, odom
 
     def _trim(self) -> None:
@@ -275,6 +306,7 @@ class MotionFilter:
             self._base, self._base_odom = entry.state, entry.odom
             if entry.verdict is not None:
                 self._trimmed[0 if entry.verdict else 1] += 1
+                self._trimmed[2] += entry.restarted
             self._folded = True
 
     # --- the EKF --------------------------------------------------------------------------------
@@ -282,8 +314,8 @@ class MotionFilter:
     def predict_from(self, state: FilterState, stamp_ns: int) -> FilterState:
         """``state`` carried to ``stamp_ns`` with time noise only."""
         dt = max(0, stamp_ns - state.stamp_ns) * 1e-9
-        return FilterState(max(stamp_ns, state.stamp_ns), state.mean,
-                           state.covariance + self._time_noise(dt))
+        return state._replace(stamp_ns=max(stamp_ns, state.stamp_ns),
+                              covariance=state.covariance + self._time_noise(dt))
 
     def _predict(self, state: FilterState, a: np.ndarray, b: np.ndarray,
                  stamp_ns: int) -> FilterState:
@@ -310,7 +342,8 @@ class MotionFilter:
         noise[3, 3] = s_yaw ** 2
         dt = max(0, stamp_ns - state.stamp_ns) * 1e-9
         covariance = jacobian @ state.covariance @ jacobian.T + noise + self._time_noise(dt)
-        return FilterState(stamp_ns, mean, 0.5 * (covariance + covariance.T))
+        return state._replace(stamp_ns=stamp_ns, mean=mean,
+                              covariance=0.5 * (covariance + covariance.T))
 
     def _time_noise(self, dt: float) -> np.ndarray:
         cfg = self.config
@@ -318,22 +351,34 @@ class MotionFilter:
                         cfg.z_random_walk ** 2, cfg.yaw_random_walk ** 2]) * dt
 
     def _update(self, state: FilterState | None, entry: _Entry):
-        """(state after the measurement, verdict)."""
+        """(state after the measurement, fused?, restarted from it?)."""
         if state is None:  # the first measurement initialises the filter
-            return FilterState(entry.stamp_ns, entry.value.copy(), entry.covariance.copy()), True
+            return self._from_measurement(entry), True, False
         innovation = entry.value - state.mean
         innovation[3] = float(wrap_angle(innovation[3]))
         s = state.covariance + entry.covariance
         d2 = float(innovation @ np.linalg.solve(s, innovation))
         if d2 > self.config.mahalanobis_threshold:
-            return state, False
+            in_row = state.rejected_in_row + 1
+            limit = int(self.config.reinit_after_rejections)
+            if limit and in_row >= limit:
+                LOGGER.info('%d measurements rejected in a row: restarting from the latest',
+                            in_row)
+                return self._from_measurement(entry), False, True
+            return state._replace(rejected_in_row=in_row), False, False
         gain = state.covariance @ np.linalg.inv(s)
         mean = state.mean + gain @ innovation
         mean[3] = float(wrap_angle(mean[3]))
         # Joseph form keeps the covariance symmetric positive definite.
         i_k = np.eye(4) - gain
         covariance = i_k @ state.covariance @ i_k.T + gain @ entry.covariance @ gain.T
-        return FilterState(state.stamp_ns, mean, 0.5 * (covariance + covariance.T)), True
+        return FilterState(state.stamp_ns, mean, 0.5 * (covariance + covariance.T),
+                           last_fix_ns=entry.stamp_ns), True, False
+
+    @staticmethod
+    def _from_measurement(entry: _Entry) -> FilterState:
+        return FilterState(entry.stamp_ns, entry.value.copy(), entry.covariance.copy(),
+                           last_fix_ns=entry.stamp_ns)
 
 
 def interpolate_planar(a, b, stamp_ns: int) -> np.ndarray:

@@ -1,9 +1,15 @@
-"""Message <-> numpy conversions shared by the nodes (poses, covariances, stamps)."""
+"""Message <-> numpy conversions shared by the nodes (poses, covariances, stamps, odometry).
+
+Conventions (imposing_ros.geometry): a pose is ``(x, y, z, qx, qy, qz, qw)`` (ROS xyzw), a
+covariance is a 6x6 array in ROS layout (x, y, z, rot x, rot y, rot z), a stamp is integer
+nanoseconds (``sec * 10**9 + nanosec``; no float rounding).
+"""
 
 from __future__ import annotations
 
 from builtin_interfaces.msg import Time as TimeMsg
 from geometry_msgs.msg import Point, Pose, PoseWithCovarianceStamped, Quaternion
+from nav_msgs.msg import Odometry
 import numpy as np
 
 from imposing_ros.geometry import matrix_to_pose, pose_to_matrix
@@ -23,6 +29,43 @@ def pose_msg_to_array(pose: Pose) -> np.ndarray:
     """``geometry_msgs/Pose`` -> ``(x, y, z, qx, qy, qz, qw)``."""
     p, q = pose.position, pose.orientation
     return np.array([p.x, p.y, p.z, q.x, q.y, q.z, q.w], dtype=float)
+
+
+def pose_array_to_msg(pose) -> Pose:
+    """``(x, y, z, qx, qy, qz, qw)`` -> ``geometry_msgs/Pose``."""
+    x, y, z, qx, qy, qz, qw = (float(v) for v in pose)
+    return Pose(position=Point(x=x, y=y, z=z), orientation=Quaternion(x=qx, y=qy, z=qz, w=qw))
+
+
+def covariance_to_array(values) -> np.ndarray:
+    """A message's 36 covariance values -> 6x6 array, or ``ValueError``."""
+    covariance = np.asarray(values, dtype=float)
+    if covariance.size != 36:
+        raise ValueError(f'covariance has {covariance.size} values, expected 36')
+    return covariance.reshape(6, 6)
+
+
+def pose_with_covariance_msg(pose, covariance, frame_id: str, stamp_ns: int
+                             ) -> PoseWithCovarianceStamped:
+    """``PoseWithCovarianceStamped`` from a pose, a 6x6 covariance, a frame and a stamp (ns)."""
+    msg = PoseWithCovarianceStamped()
+    msg.header.frame_id, msg.header.stamp = frame_id, ns_to_stamp(stamp_ns)
+    msg.pose.pose = pose_array_to_msg(pose)
+    msg.pose.covariance = [float(c) for c in np.asarray(covariance, dtype=float).reshape(36)]
+    return msg
+
+
+def odometry_to_arrays(msg: Odometry) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """``nav_msgs/Odometry`` -> (stamp ns, pose, pose covariance 6x6, twist).
+
+    The pose is the child frame's in the header frame; the twist ``(vx, vy, vz, wx, wy, wz)``
+    is in the child frame (m/s, rad/s), as nav_msgs/Odometry defines it.
+    """
+    t = msg.twist.twist
+    twist = np.array([t.linear.x, t.linear.y, t.linear.z,
+                      t.angular.x, t.angular.y, t.angular.z], dtype=float)
+    return (stamp_to_ns(msg.header.stamp), pose_msg_to_array(msg.pose.pose),
+            covariance_to_array(msg.pose.covariance), twist)
 
 
 def pose_msg_to_matrix(pose: Pose) -> np.ndarray:
@@ -49,10 +92,7 @@ def check_pose_with_covariance(msg: PoseWithCovarianceStamped, frame: str
         raise ValueError(f"frame_id is '{msg.header.frame_id}', expected '{frame}'")
     p, q = msg.pose.pose.position, msg.pose.pose.orientation
     values = np.array([p.x, p.y, p.z, q.x, q.y, q.z, q.w], dtype=float)
-    covariance = np.asarray(msg.pose.covariance, dtype=float)
-    if covariance.shape != (36,):
-        raise ValueError(f'covariance has {covariance.size} values, expected 36')
-    covariance = covariance.reshape(6, 6)
+    covariance = covariance_to_array(msg.pose.covariance)
     if not (np.isfinite(values).all() and np.isfinite(covariance).all()):
         raise ValueError('pose or covariance contains NaN or infinite values')
     norm = float(np.linalg.norm(values[3:]))

@@ -7,12 +7,21 @@ docstring gives the state, the noise model and how late measurements are handled
   (PoseWithCovarianceStamped of base_link in the map, stamped with its image: it arrives late)
   and ``initialpose`` (RViz's "2D Pose Estimate").
 * Publishes ``~/odometry`` (nav_msgs/Odometry in the map, with the odometry's twist) and
-  ``~/pose`` at every odometry message, ``~/prior`` (the current estimate, which seeds the
-  localizer's tracking mode) at ``prior_rate``, map -> odom on /tf when tf2_ros exists and
-  ``publish_tf`` is set, and ``/diagnostics``.
-* The filter keeps its own time-ordered history of odometry (it re-applies late measurements
-  and interpolates odometry at their stamps), so message_filters' Cache would duplicate it and is
-  not used.
+  ``~/pose`` at every odometry message once initialised, both stamped with that odometry;
+  ``~/prior`` (the estimate at the latest odometry stamp: the odometry-predicted base_link pose
+  that seeds the localizer's tracking mode) at ``prior_rate``, latched (TRANSIENT_LOCAL, depth 1)
+  so a localizer that starts later gets it at once; map -> odom on /tf when tf2_ros exists and
+  ``publish_tf`` is set (one warning otherwise); ``/diagnostics``.
+* QoS: odometry and poses RELIABLE (a lost fix or odometry increment is lost information; depth
+  50 odometry absorbs bursts), the prior latched. One MutuallyExclusiveCallbackGroup for every
+  input and timer: the filter is not thread-safe, and the work per message is microseconds.
+* Time: a backward jump of the ROS clock (``use_sim_time`` and a looping bag) or of the odometry
+  stamps resets the filter. ``filter.*`` parameters take effect at once when set; topics,
+  frames and rates are read at start.
+* message_filters is not used: the filter already keeps a time-ordered history of odometry (it
+  re-applies late measurements and interpolates odometry at their stamps), so a
+  message_filters.Cache would hold the same messages twice, and the package is absent from the
+  PyPI ROS (ENVIRONMENT.md); nothing here synchronises topics.
 """
 
 from __future__ import annotations
@@ -26,6 +35,8 @@ from nav_msgs.msg import Odometry
 import numpy as np
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import JumpThreshold
+from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
@@ -36,7 +47,8 @@ from imposing_ros.nodes import params
 from imposing_ros.nodes.conversions import (
     check_pose_with_covariance,
     ns_to_stamp,
-    pose_msg_to_array,
+    odometry_to_arrays,
+    pose_with_covariance_msg,
     stamp_to_ns,
 )
 
@@ -59,21 +71,40 @@ _FILTER_HELP = {
     'yaw_random_walk': 'yaw random walk (rad per sqrt(s))',
     'mahalanobis_threshold': 'squared Mahalanobis distance (4 dof) above which a pose is '
                              'rejected',
+    'reinit_after_rejections': 'poses rejected in a row after which the filter restarts from '
+                               'the latest (0: never)',
     'history_s': 'seconds of inputs kept to re-apply late poses (s)',
     'roll_pitch_variance': 'published variance of the unestimated roll and pitch (rad^2)',
     'min_measurement_variance': 'added to every measurement variance (m^2, rad^2)',
 }
 
-# Filter settings: defaults come from FilterConfig (one source of truth).
+# Filter settings: defaults and types come from FilterConfig (one source of truth); FilterConfig
+# itself checks combinations (filter_cross_check).
 _FILTER_ROWS = tuple(
-    (f'filter.{f.name}', float(f.default), _FILTER_HELP[f.name], params.at_least(0.0))
+    (f'filter.{f.name}', f.default, _FILTER_HELP[f.name], params.at_least(0.0))
     for f in dataclasses.fields(FilterConfig))
+
+
+def filter_config(values: dict) -> FilterConfig:
+    """The FilterConfig of parameter values keyed by :func:`params.key` (ValueError if bad)."""
+    return FilterConfig(**{f.name: values[f'filter_{f.name}']
+                           for f in dataclasses.fields(FilterConfig)})
+
+
+def filter_cross_check(values: dict) -> str | None:
+    """Why the ``filter.*`` values do not make a FilterConfig, or None."""
+    try:
+        filter_config(values)
+    except (ValueError, TypeError) as exc:
+        return f'filter: {exc}'
+    return None
+
 
 PARAMETERS = (
     ('odom_topic', 'odom', 'nav_msgs/Odometry of base_frame in odom_frame', params.nonempty),
     ('pose_topic', 'imposing_localizer/pose',
-     'PoseWithCovarianceStamped of base_frame in map_frame (the localizer output)',
-     params.nonempty),
+     'PoseWithCovarianceStamped of base_frame in map_frame, the localizer output (relative: '
+     '/imposing_localizer/pose at the root namespace)', params.nonempty),
     ('initial_pose_topic', 'initialpose', "initial pose (RViz '2D Pose Estimate')",
      params.nonempty),
     ('map_frame', 'map', 'global frame (REP-105)', params.nonempty),
@@ -86,6 +117,8 @@ PARAMETERS = (
     ('transform_tolerance', 0.1, 'map->odom is post-dated by this much (s)',
      params.at_least(0.0)),
     ('diagnostic_period', 1.0, 'period of /diagnostics (s)', params.at_least(0.0, strict=True)),
+    ('stale_after', 5.0, '/diagnostics warns when no pose was fused for this long (s of stamps)',
+     params.at_least(0.0, strict=True)),
 ) + _FILTER_ROWS
 
 
@@ -93,18 +126,20 @@ class MotionFilterNode(Node):
     """The motion filter as a node (module docstring)."""
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs):
+        """Create the node; ``kwargs`` go to ``rclpy.node.Node``.
+
+        (namespace, context, parameter_overrides, cli_args...): a runner creates it in process.
+        """
         super().__init__(node_name, **kwargs)
-        params.declare(self, PARAMETERS, describe=lambda name, text: f'{text} (read at start)')
+        self._lock = threading.Lock()
+        params.declare(self, PARAMETERS, cross_check=filter_cross_check,
+                       describe=self._describe, on_change=self._on_parameters)
         values = params.read(self, PARAMETERS)
-        reason = params.check_values(values, PARAMETERS)
+        reason = params.check_values(values, PARAMETERS, filter_cross_check)
         if reason:
             raise ValueError(f'{node_name}: {reason}')
         self._v = values
-        config = FilterConfig(**{f.name: values[f'filter_{f.name}']
-                                 for f in dataclasses.fields(FilterConfig)})
-        self._filter = MotionFilter(config)
-        self._lock = threading.Lock()
-        self._last_odom = None  # latest Odometry message
+        self._filter = MotionFilter(filter_config(values))
         self._refused: dict[str, int] = {}
         group = MutuallyExclusiveCallbackGroup()
         reliable = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE)
@@ -112,7 +147,8 @@ class MotionFilterNode(Node):
         self._pose_pub = self.create_publisher(PoseWithCovarianceStamped, '~/pose', reliable)
         self._prior_pub = self.create_publisher(
             PoseWithCovarianceStamped, '~/prior',
-            QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE))
+            QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
+                       durability=QoSDurabilityPolicy.TRANSIENT_LOCAL))
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', reliable)
         self.create_subscription(Odometry, values['odom_topic'], self._on_odometry,
                                  QoSProfile(depth=50,
@@ -129,6 +165,12 @@ class MotionFilterNode(Node):
         self.create_timer(1.0 / values['prior_rate'], self._publish_prior, callback_group=group)
         self.create_timer(values['diagnostic_period'], self._publish_diagnostics,
                           callback_group=group)
+        # A bag that loops under use_sim_time moves /clock back: start over (the odometry's
+        # own stamps going back does the same inside the filter).
+        self._jump_handle = self.get_clock().create_jump_callback(
+            JumpThreshold(min_forward=None, min_backward=Duration(seconds=-0.5),
+                          on_clock_change=False),
+            post_callback=self._on_clock_jump)
         self._tf_broadcaster = None
         if values['publish_tf']:
             if tf2_ros is None:
@@ -136,6 +178,25 @@ class MotionFilterNode(Node):
             else:
                 self._tf_broadcaster = tf2_ros.TransformBroadcaster(self)
         self.get_logger().info(f"fusing {values['odom_topic']} with {values['pose_topic']}")
+
+    @staticmethod
+    def _describe(name: str, text: str) -> str:
+        when = 'applied when set' if name.startswith('filter.') else 'read at start'
+        return f'{text} ({when})'
+
+    def _on_parameters(self, values: dict) -> None:
+        """Apply accepted ``filter.*`` values to the running filter."""
+        config = filter_config(values)
+        with self._lock:
+            if config != self._filter.config:
+                self._filter.config = config
+                self.get_logger().info('filter settings updated')
+
+    def _on_clock_jump(self, jump) -> None:
+        with self._lock:
+            self._filter.restart()
+        self.get_logger().warning(
+            f'clock jumped back by {-jump.delta.nanoseconds * 1e-9:.3f} s: filter reset')
 
     # --- inputs ---------------------------------------------------------------------------------
 
@@ -150,20 +211,26 @@ class MotionFilterNode(Node):
             self._refuse('odometry', f"frames '{msg.header.frame_id}' -> '{msg.child_frame_id}',"
                                      f" expected '{v['odom_frame']}' -> '{v['base_frame']}'")
             return
-        pose = pose_msg_to_array(msg.pose.pose)
-        if not np.isfinite(pose).all() or not 0.9 < np.linalg.norm(pose[3:]) < 1.1:
-            self._refuse('odometry', 'pose is not finite or its quaternion is not unit length')
+        try:
+            stamp_ns, pose, _, twist = odometry_to_arrays(msg)
+        except ValueError as exc:
+            self._refuse('odometry', str(exc))
+            return
+        # The twist is copied to ~/odometry: a NaN there would be published.
+        if not (np.isfinite(pose).all() and np.isfinite(twist).all()) or \
+                not 0.9 < np.linalg.norm(pose[3:]) < 1.1:
+            self._refuse('odometry', 'pose or twist is not finite, or the quaternion is not '
+                                     'unit length')
             return
         pose[3:] /= np.linalg.norm(pose[3:])
         with self._lock:
             resets = self._filter.resets
-            self._filter.add_odometry(stamp_to_ns(msg.header.stamp), pose)
+            self._filter.add_odometry(stamp_ns, pose)
             if self._filter.resets != resets:
                 self.get_logger().warning('odometry went back in time: filter reset')
-            self._last_odom = msg
             state = self._filter.state
-        if state is not None:
-            self._publish_state(state, msg)
+        if state is not None and state.stamp_ns == stamp_ns:
+            self._publish_state(state, msg, pose)
 
     def _on_pose(self, msg: PoseWithCovarianceStamped) -> None:
         try:
@@ -191,24 +258,22 @@ class MotionFilterNode(Node):
             self._refuse('initial pose', str(exc))
             return
         with self._lock:
-            self._filter.initialize(stamp_to_ns(msg.header.stamp), matrix_to_pose(matrix),
-                                    covariance)
+            try:
+                self._filter.initialize(stamp_to_ns(msg.header.stamp), matrix_to_pose(matrix),
+                                        covariance)
+            except ValueError as exc:
+                self._refuse('initial pose', str(exc))
+                return
         self.get_logger().info('initialised from the initial pose')
 
     # --- outputs --------------------------------------------------------------------------------
 
     def _pose_message(self, state) -> PoseWithCovarianceStamped:
-        msg = PoseWithCovarianceStamped()
-        msg.header.frame_id = self._v['map_frame']
-        msg.header.stamp = ns_to_stamp(state.stamp_ns)
-        x, y, z, qx, qy, qz, qw = state.pose()
-        p, q = msg.pose.pose.position, msg.pose.pose.orientation
-        p.x, p.y, p.z, q.x, q.y, q.z, q.w = x, y, z, qx, qy, qz, qw
         covariance = state.pose_covariance(self._filter.config.roll_pitch_variance)
-        msg.pose.covariance = [float(c) for c in covariance.ravel()]
-        return msg
+        return pose_with_covariance_msg(state.pose(), covariance, self._v['map_frame'],
+                                        state.stamp_ns)
 
-    def _publish_state(self, state, odom: Odometry) -> None:
+    def _publish_state(self, state, odom: Odometry, odom_pose: np.ndarray) -> None:
         pose = self._pose_message(state)
         self._pose_pub.publish(pose)
         out = Odometry(header=pose.header, child_frame_id=self._v['base_frame'])
@@ -217,7 +282,7 @@ class MotionFilterNode(Node):
         self._odometry_pub.publish(out)
         if self._tf_broadcaster is not None:
             T_map_base = pose_to_matrix(state.pose())  # noqa: N806 (transform naming)
-            T_odom_base = pose_to_matrix(pose_msg_to_array(odom.pose.pose))  # noqa: N806
+            T_odom_base = pose_to_matrix(odom_pose)  # noqa: N806
             t = matrix_to_pose(T_map_base @ np.linalg.inv(T_odom_base))
             tf = TransformStamped()
             tf.header.frame_id, tf.child_frame_id = self._v['map_frame'], self._v['odom_frame']
@@ -230,19 +295,29 @@ class MotionFilterNode(Node):
     def _publish_prior(self) -> None:
         with self._lock:
             state = self._filter.state
-        if state is not None:
-            self._prior_pub.publish(self._pose_message(state))
+            msg = self._pose_message(state) if state is not None else None
+        if msg is not None:
+            self._prior_pub.publish(msg)
 
     def _publish_diagnostics(self) -> None:
         with self._lock:
-            f = self._filter
+            f, state = self._filter, self._filter.state
             values = {'initialized': f.initialized, 'accepted': f.accepted,
-                      'rejected': f.rejected, 'dropped_old': f.dropped_old, 'resets': f.resets,
+                      'rejected': f.rejected, 'reinitializations': f.reinitializations,
+                      'dropped_old': f.dropped_old, 'resets': f.resets,
                       **{f'refused_{k}': n for k, n in self._refused.items()}}
-        status = DiagnosticStatus(
-            name=f'{self.get_name()}: motion filter', hardware_id=self.get_name(),
-            level=DiagnosticStatus.OK if values['initialized'] else DiagnosticStatus.WARN,
-            message='tracking' if values['initialized'] else 'waiting for a pose')
+        level, message = DiagnosticStatus.WARN, 'waiting for a pose'
+        if state is not None:
+            level, message = DiagnosticStatus.OK, 'tracking'
+            values['position_std_m'] = f'{np.sqrt(np.trace(state.covariance[:2, :2])):.3f}'
+            values['yaw_std_deg'] = f'{np.degrees(np.sqrt(state.covariance[3, 3])):.2f}'
+            if state.last_fix_ns is not None:
+                age = (state.stamp_ns - state.last_fix_ns) * 1e-9
+                values['last_fix_age_s'] = f'{age:.2f}'
+                if age > self._v['stale_after']:
+                    level, message = DiagnosticStatus.WARN, f'no pose fused for {age:.1f} s'
+        status = DiagnosticStatus(name=f'{self.get_name()}: motion filter',
+                                  hardware_id=self.get_name(), level=level, message=message)
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.get_clock().now().to_msg()

@@ -5,7 +5,16 @@ the value is good and otherwise the reason it is not ("must be >= 0"). :func:`de
 every row with a ``ParameterDescriptor(description=...)`` and installs a set-parameters callback
 that refuses a bad value with ``SetParametersResult(successful=False, reason=...)``. Values given
 in parameter files at start-up do not pass through that callback: nodes call :func:`check_values`
-when they read their parameters (configure / start).
+when they read their parameters (configure / start). ``on_change`` applies accepted values
+(a post-set callback), for parameters that take effect while the node runs.
+
+Example::
+
+    ROWS = (('rate', 10.0, 'publishing rate (Hz)', params.at_least(0.0, strict=True)),
+            ('frame', 'map', 'global frame', params.nonempty))
+    params.declare(node, ROWS)
+    values = params.read(node, ROWS)          # {'rate': 10.0, 'frame': 'map'}
+    reason = params.check_values(values, ROWS)  # None, or why a start-up value is bad
 """
 
 from __future__ import annotations
@@ -66,11 +75,14 @@ def key(name: str) -> str:
 
 def declare(node, rows: Iterable[Row],
             cross_check: Callable[[dict], Optional[str]] | None = None,
-            describe: Callable[[str, str], str] | None = None) -> None:
+            describe: Callable[[str, str], str] | None = None,
+            on_change: Callable[[dict], None] | None = None) -> None:
     """Declare every row on ``node`` and refuse bad values when they are set later.
 
     ``cross_check(values)`` (values keyed by :func:`key`) checks combinations; ``describe(name,
-    description)`` may extend a description (e.g. with when the value takes effect).
+    description)`` may extend a description (e.g. with when the value takes effect);
+    ``on_change(values)`` is called with all current values after a set that touched one of
+    the rows was accepted (it runs in the parameter service's callback: lock what it shares).
     """
     rows = tuple(rows)
     for name, default, description, _ in rows:
@@ -92,6 +104,12 @@ def declare(node, rows: Iterable[Row],
         return SetParametersResult(successful=reason is None, reason=reason or '')
 
     node.add_on_set_parameters_callback(on_set)
+    if on_change is not None:
+        def on_set_done(params) -> None:
+            if any(param.name in checks for param in params):
+                on_change(read(node, rows))
+
+        node.add_post_set_parameters_callback(on_set_done)
 
 
 def read(node, rows: Iterable[Row]) -> dict:
