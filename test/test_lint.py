@@ -1,6 +1,7 @@
 """Linters as tests: ruff configured to ament_flake8 / ament_pep257 rules (ruff.toml)."""
 
 from pathlib import Path
+import re
 import shutil
 import subprocess
 import sys
@@ -21,12 +22,12 @@ def test_ruff_clean():
 
 def test_method_library_imports_no_ros():
     """The method knows nothing of ROS: only nodes/ may import rclpy and messages."""
+    ros_import = re.compile(r'^\s*(from|import)\s+(rclpy|\w+_msgs|\w+_srvs|launch|launch_ros|'
+                            r'tf2_ros|cv_bridge|message_filters)\b', re.MULTILINE)
     offenders = []
     for path in (ROOT / 'imposing_ros').rglob('*.py'):
         if 'nodes' in path.relative_to(ROOT).parts:
             continue
-        text = path.read_text()
-        for needle in ('import rclpy', 'from rclpy', '_msgs', 'import launch'):
-            if needle in text:
-                offenders.append(f'{path.relative_to(ROOT)}: {needle}')
+        for match in ros_import.finditer(path.read_text()):
+            offenders.append(f'{path.relative_to(ROOT)}: {match.group(0).strip()}')
     assert not offenders, offenders
