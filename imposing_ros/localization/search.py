@@ -146,6 +146,7 @@ def hierarchical_search(image_codes: torch.Tensor,
                         noise: SearchNoise,
                         initial_codes: torch.Tensor | None = None,
                         score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                        on_stage: Callable[[str], None] | None = None,
                         ) -> SearchResult:
     """Localize ``B`` images by scoring candidates level by level.
 
@@ -159,11 +160,15 @@ def hierarchical_search(image_codes: torch.Tensor,
         initial_codes: precomputed codes of shared ``initial_poses`` ``[N, d]``: they do not
             depend on the image, so callers compute them once per model.
         score: ``(image_codes [B, d], pose_codes) -> [B, N]``, eq. 1 by default.
+        on_stage: called with a stage name after each stage (``level0``, ``level1/sample``,
+            ``level1/encode``, ``level1/score``, ...); benchmarks time stages with it. None in
+            production: no extra work, no synchronisation.
 
     Returns:
         :class:`SearchResult`.
     """
     score = similarity if score is None else score
+    stage = on_stage or (lambda name: None)
     batch = image_codes.shape[0]
     if initial_poses.ndim == 2:
         codes = encode_poses(initial_poses) if initial_codes is None else initial_codes
@@ -172,14 +177,21 @@ def hierarchical_search(image_codes: torch.Tensor,
     else:
         candidates = initial_poses
         scores = score(image_codes, encode_poses(candidates))
+    stage('level0')
     levels = noise.uniform.shape[0] + 1
     for level in range(1, levels):
         top_scores, top_index = scores.topk(min(config.top_k, scores.shape[1]), dim=1)
         centers = gather_poses(candidates, top_index)
         candidates = sample_mixture(centers, top_scores, noise.uniform[level - 1],
                                     noise.normal[level - 1], config.level_sigma(level))
-        scores = score(image_codes, encode_poses(candidates))
-    return average_top(candidates, scores, config)
+        stage(f'level{level}/topk+sample')
+        codes = encode_poses(candidates)
+        stage(f'level{level}/encode')
+        scores = score(image_codes, codes)
+        stage(f'level{level}/score')
+    result = average_top(candidates, scores, config)
+    stage('average+covariance')
+    return result
 
 
 def average_top(candidates: torch.Tensor, scores: torch.Tensor,
