@@ -53,6 +53,7 @@ def save_checkpoint(path: str | Path, model: ImPosing, seed: int, half: bool = F
     os.close(fd)
     try:
         torch.save(payload, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a model is ordinary data
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
