@@ -475,6 +475,10 @@ def test_initial_pose_seeds_tracking_and_bad_ones_are_refused(running):
     process.wait_log('initial pose received at (60.0')
     start = time.monotonic()
     _localize(harness, road, x=60.0)
+    # The markers of that frame may arrive just after its pose: wait for them (bounded).
+    deadline = time.monotonic() + 10.0
+    while not harness.labels(start) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert harness.labels(start)[0] == 'tracking'
 
 
