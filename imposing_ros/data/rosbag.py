@@ -1,16 +1,35 @@
 """rosbag2 reader (sqlite3 and MCAP, through ``rosbags``, no ROS install needed).
 
 Yields :class:`~imposing_ros.data.frames.Frame` objects: every image of an image topic (raw
-``sensor_msgs/Image`` or ``CompressedImage``) with the pose interpolated at its header stamp
-(linear for the position, slerp for the rotation) from a pose topic (``PoseStamped``,
-``PoseWithCovarianceStamped`` or ``Odometry``). Images farther than ``max_gap_s`` from the pose
-samples around them are dropped and counted.
+``sensor_msgs/Image`` or ``CompressedImage``), stamped with its *header* stamp, with the pose
+interpolated at that stamp (linear for the position, slerp for the rotation) from a pose source:
 
-The output pose is ``T_map_camera`` of the camera body frame (geometry conventions). When the
-pose topic gives the vehicle (its child frame is not the camera), the camera extrinsic is
-applied: given explicitly, or read from ``/tf_static`` along the chain from the pose's child
-frame (``base_link`` by default) to the image's frame id; an optical frame (``*_optical*``) is
-turned into the body frame with :func:`~imposing_ros.geometry.T_camera_optical`.
+* a pose topic: ``geometry_msgs/PoseStamped``, ``PoseWithCovarianceStamped`` or
+  ``nav_msgs/Odometry``;
+* or a TF chain: ``pose_topic='/tf'`` composes ``map_frame -> ... -> vehicle_frame`` from the
+  dynamic ``/tf`` edges (each interpolated at the image stamp) and the ``/tf_static`` edges.
+
+An image is dropped, and counted in :attr:`RosbagReader.summary`, when a stamp it needs lies
+outside the pose samples or farther than ``max_gap_s`` from the samples around it.
+
+The output pose is ``T_map_camera`` of the camera *body* frame (geometry conventions). The pose
+source gives the vehicle frame (Odometry's ``child_frame_id``, or ``vehicle_frame`` for the other
+sources, ``base_link`` by default); the camera extrinsic ``T_vehicle_camera`` is then
+
+* ``None`` (default): identity when the image's ``frame_id`` is the vehicle frame, otherwise the
+  ``/tf_static`` chain from the vehicle frame to the image's ``frame_id``;
+* ``'tf_static'``: always the ``/tf_static`` chain (an error when it is missing);
+* a 4x4 matrix or a pose ``(tx, ty, tz, qx, qy, qz, qw)``: given explicitly, of the camera body
+  frame (x forward) in the vehicle frame.
+
+A chain ending at an optical frame (REP-103 ``*_optical*`` names, or ``optical=True``) is turned
+into the body frame with :func:`~imposing_ros.geometry.T_camera_optical`.
+
+Image decoding: ``CompressedImage`` (jpeg, png) is decoded with PIL; raw images go through
+``rosbags.image.message_to_cvimage`` when its optional OpenCV dependency imports (it does in the
+project's environment), and through the small numpy decoder :func:`decode_raw` otherwise, which
+covers the common 8/16-bit rgb/bgr/rgba/bgra/mono encodings. PIL is used for compressed images
+in both cases so that JPEG decoding does not depend on OpenCV being installed.
 """
 
 from __future__ import annotations
@@ -20,12 +39,11 @@ from dataclasses import dataclass, field
 import io
 import logging
 from pathlib import Path
+import struct
 from typing import Iterator
 
 import numpy as np
 from PIL import Image
-import roma
-import torch
 
 from imposing_ros.data.frames import Frame
 from imposing_ros.geometry import matrix_to_pose, pose_to_matrix, T_camera_optical
@@ -35,8 +53,12 @@ LOGGER = logging.getLogger('imposing_ros.data')
 IMAGE_TYPES = ('sensor_msgs/msg/CompressedImage', 'sensor_msgs/msg/Image')
 POSE_TYPES = ('geometry_msgs/msg/PoseStamped', 'geometry_msgs/msg/PoseWithCovarianceStamped',
               'nav_msgs/msg/Odometry')
+TF_TYPE = 'tf2_msgs/msg/TFMessage'
+TF_STATIC_TOPIC = '/tf_static'
 # Preferred pose topics when none is named: a ground truth first.
-POSE_TOPIC_HINTS = ('/ground_truth/pose', '/ground_truth', '/gt/pose')
+POSE_TOPIC_HINTS = ('/ground_truth/pose', '/ground_truth', '/gt/pose', '/gt')
+DROP_NO_POSE = 'no pose within max_gap_s'
+DROP_UNREADABLE = 'undecodable message'
 
 
 def _stamp_ns(header) -> int:
@@ -44,9 +66,204 @@ def _stamp_ns(header) -> int:
 
 
 def _pose_of(msg, msgtype: str) -> np.ndarray:
-    pose = msg.pose if msgtype.endswith('PoseStamped') else msg.pose.pose
+    pose = msg.pose if msgtype.endswith('/PoseStamped') else msg.pose.pose
     p, q = pose.position, pose.orientation
     return np.array([p.x, p.y, p.z, q.x, q.y, q.z, q.w], dtype=np.float64)
+
+
+def _transform_pose(tf) -> np.ndarray:
+    t, q = tf.transform.translation, tf.transform.rotation
+    return np.array([t.x, t.y, t.z, q.x, q.y, q.z, q.w], dtype=np.float64)
+
+
+def _frame(name: str) -> str:
+    return name.lstrip('/')
+
+
+def header_from_cdr(raw: bytes) -> tuple[int, str]:
+    """(stamp ns, frame_id) of a message whose first field is a ``std_msgs/Header``.
+
+    Reads the few bytes of the CDR header only, so the image payload is never copied or decoded
+    (``Image`` and ``CompressedImage`` both start with their header).
+    """
+    if len(raw) < 16:
+        raise ValueError('message too short for a header')
+    endian = '<' if raw[1] == 1 else '>'
+    sec, nanosec, length = struct.unpack_from(f'{endian}iII', raw, 4)
+    frame = bytes(raw[16:16 + max(length - 1, 0)]).decode('utf-8', errors='replace')
+    return sec * 1_000_000_000 + nanosec, frame
+
+
+# --- interpolation ----------------------------------------------------------------------------
+
+def slerp(q0: np.ndarray, q1: np.ndarray, frac: np.ndarray) -> np.ndarray:
+    """Batched spherical interpolation of unit quaternions ``[K, 4]`` at ``frac [K]`` in [0, 1].
+
+    Takes the short way (flips ``q1`` when ``q0 . q1 < 0``); nearly equal pairs are lerped.
+    """
+    q0, q1 = np.asarray(q0, dtype=np.float64), np.asarray(q1, dtype=np.float64)
+    frac = np.asarray(frac, dtype=np.float64)[:, None]
+    dot = np.sum(q0 * q1, axis=1, keepdims=True)
+    q1 = np.where(dot < 0, -q1, q1)
+    dot = np.clip(np.abs(dot), 0.0, 1.0)
+    theta = np.arccos(dot)
+    small = theta < 1e-6
+    sin = np.where(small, 1.0, np.sin(theta))
+    w0 = np.where(small, 1.0 - frac, np.sin((1.0 - frac) * theta) / sin)
+    w1 = np.where(small, frac, np.sin(frac * theta) / sin)
+    q = w0 * q0 + w1 * q1
+    return q / np.linalg.norm(q, axis=1, keepdims=True)
+
+
+@dataclass
+class PoseTrack:
+    """A time series of poses ``[M, 7]`` at increasing stamps ``[M]`` (ns)."""
+
+    stamps: np.ndarray
+    poses: np.ndarray
+
+    @classmethod
+    def build(cls, stamps, poses, where: str) -> PoseTrack:
+        """Sort, validate and normalise samples; ValueError naming ``where`` on bad ones."""
+        if len(stamps) == 0:
+            raise ValueError(f'{where}: no pose messages')
+        stamps = np.asarray(stamps, dtype=np.int64)
+        poses = np.asarray(poses, dtype=np.float64).reshape(-1, 7)
+        if not np.isfinite(poses).all():
+            raise ValueError(f'{where}: NaN or infinite pose values')
+        norms = np.linalg.norm(poses[:, 3:], axis=1, keepdims=True)
+        if (norms < 1e-6).any():
+            raise ValueError(f'{where}: zero quaternion in a pose')
+        order = np.argsort(stamps, kind='stable')
+        stamps, poses = stamps[order], poses[order]
+        poses[:, 3:] /= norms[order]
+        keep = np.concatenate([[True], np.diff(stamps) > 0])  # duplicates: keep the first
+        return cls(stamps[keep], poses[keep])
+
+    def at(self, stamps_ns: np.ndarray, max_gap_ns: int) -> tuple[np.ndarray, np.ndarray]:
+        """Poses at ``stamps_ns`` ``[K, 7]`` and the mask of those with samples close enough.
+
+        A stamp is valid when it lies between two samples each at most ``max_gap_ns`` away
+        (or on a sample).
+        """
+        times, poses = self.stamps, self.poses
+        stamps_ns = np.asarray(stamps_ns, dtype=np.int64).reshape(-1)
+        hi = np.clip(np.searchsorted(times, stamps_ns, side='left'), 0, len(times) - 1)
+        exact = times[hi] == stamps_ns
+        lo = np.where(exact, hi, np.clip(hi - 1, 0, len(times) - 1))
+        span = (times[hi] - times[lo]).astype(np.float64)
+        frac = np.where(span > 0, (stamps_ns - times[lo]) / np.where(span > 0, span, 1.0), 0.0)
+        frac = np.clip(frac, 0.0, 1.0)
+        inside = (times[lo] <= stamps_ns) & (stamps_ns <= times[hi])
+        gap = np.maximum(stamps_ns - times[lo], times[hi] - stamps_ns)
+        valid = inside & (gap <= max_gap_ns)
+        t = poses[lo, :3] + frac[:, None] * (poses[hi, :3] - poses[lo, :3])
+        q = slerp(poses[lo, 3:], poses[hi, 3:], frac) if len(frac) else poses[:0, 3:]
+        return np.concatenate([t, q], axis=1), valid
+
+
+class TfChain:
+    """``T_parent_child`` along a chain of static and time-varying (``/tf``) edges.
+
+    ``edges[child] = (parent, track_or_matrix)``; a static edge holds a 4x4 matrix.
+    """
+
+    def __init__(self, edges: dict, where: str):
+        self.edges = edges
+        self.where = where
+
+    def path(self, top: str, bottom: str) -> list[str]:
+        """Frames from ``bottom`` up to (not including) ``top``; ValueError when not linked."""
+        frames, frame = [], _frame(bottom)
+        while frame != _frame(top):
+            if frame not in self.edges or frame in frames:
+                known = ', '.join(f'{p}->{c}' for c, (p, _) in sorted(self.edges.items()))
+                raise ValueError(f'{self.where}: no chain {top} -> {bottom} (edges: '
+                                 f'{known or "none"})')
+            frames.append(frame)
+            frame = self.edges[frame][0]
+        return frames
+
+    def at(self, top: str, bottom: str, stamps_ns: np.ndarray,
+           max_gap_ns: int) -> tuple[np.ndarray, np.ndarray]:
+        """``T_top_bottom`` as poses ``[K, 7]`` at ``stamps_ns`` and their validity mask."""
+        stamps_ns = np.asarray(stamps_ns, dtype=np.int64).reshape(-1)
+        mats = np.tile(np.eye(4), (len(stamps_ns), 1, 1))
+        valid = np.ones(len(stamps_ns), dtype=bool)
+        for frame in self.path(top, bottom):  # bottom first: left-multiply parents
+            value = self.edges[frame][1]
+            if isinstance(value, PoseTrack):
+                poses, ok = value.at(stamps_ns, max_gap_ns)
+                valid &= ok
+                edge = np.stack([pose_to_matrix(p) for p in poses]) if len(poses) else mats
+            else:
+                edge = value[None]
+            mats = edge @ mats
+        poses = np.stack([matrix_to_pose(m) for m in mats]) if len(mats) else np.zeros((0, 7))
+        return poses, valid
+
+    def static(self, top: str, bottom: str) -> np.ndarray:
+        """``T_top_bottom`` 4x4 when every edge of the chain is static."""
+        matrix = np.eye(4)
+        for frame in self.path(top, bottom):
+            value = self.edges[frame][1]
+            if isinstance(value, PoseTrack):
+                raise ValueError(f'{self.where}: edge {self.edges[frame][0]} -> {frame} is not '
+                                 f'static')
+            matrix = value @ matrix
+        return matrix
+
+
+# --- image decoding ---------------------------------------------------------------------------
+
+_RAW_LAYOUTS = {  # encoding -> (dtype, channels, channel order to RGB)
+    'rgb8': (np.uint8, 3, (0, 1, 2)), 'bgr8': (np.uint8, 3, (2, 1, 0)),
+    'rgba8': (np.uint8, 4, (0, 1, 2)), 'bgra8': (np.uint8, 4, (2, 1, 0)),
+    'mono8': (np.uint8, 1, (0, 0, 0)), '8uc1': (np.uint8, 1, (0, 0, 0)),
+    '8uc3': (np.uint8, 3, (2, 1, 0)),
+    'rgb16': (np.uint16, 3, (0, 1, 2)), 'bgr16': (np.uint16, 3, (2, 1, 0)),
+    'mono16': (np.uint16, 1, (0, 0, 0)), '16uc1': (np.uint16, 1, (0, 0, 0)),
+}
+
+
+def decode_raw(msg) -> np.ndarray:
+    """``[H, W, 3]`` uint8 RGB of a raw ``sensor_msgs/Image`` with numpy only (see module doc).
+
+    16-bit images keep their high byte.
+    """
+    encoding = msg.encoding.lower()
+    if encoding not in _RAW_LAYOUTS:
+        raise ValueError(f'unsupported encoding {msg.encoding!r} (known: '
+                         f'{", ".join(sorted(_RAW_LAYOUTS))})')
+    dtype, channels, order = _RAW_LAYOUTS[encoding]
+    dtype = np.dtype(dtype).newbyteorder('>' if msg.is_bigendian else '<')
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    row = width * channels * dtype.itemsize
+    data = np.asarray(msg.data, dtype=np.uint8)
+    if step < row or data.size < step * height:
+        raise ValueError(f'buffer of {data.size} bytes too small for {height}x{width} '
+                         f'{msg.encoding} with step {step}')
+    rows = data[:step * height].reshape(height, step)[:, :row]
+    array = rows.copy().view(dtype).reshape(height, width, channels)
+    if array.dtype.itemsize == 2:
+        array = (array.astype(np.uint16) >> 8).astype(np.uint8)
+    return np.ascontiguousarray(array[:, :, list(order)].astype(np.uint8))
+
+
+def _cv_to_rgb(array: np.ndarray, encoding: str) -> np.ndarray:
+    """OpenCV array of ``message_to_cvimage`` (BGR for colour) -> ``[H, W, 3]`` uint8 RGB."""
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.dtype == np.uint16:
+        array = (array >> 8).astype(np.uint8)
+    elif array.dtype != np.uint8:
+        array = np.clip(array, 0, 255).astype(np.uint8)
+    if array.shape[2] == 1:
+        return np.ascontiguousarray(np.repeat(array, 3, axis=2))
+    array = array[:, :, :3]
+    if encoding.lower().startswith('rgb'):  # message_to_cvimage keeps rgb* as they are
+        return np.ascontiguousarray(array)
+    return np.ascontiguousarray(array[:, :, ::-1])
 
 
 def decode_image(msg, msgtype: str, where: str) -> np.ndarray:
@@ -55,23 +272,16 @@ def decode_image(msg, msgtype: str, where: str) -> np.ndarray:
         if msgtype.endswith('CompressedImage'):
             with Image.open(io.BytesIO(bytes(msg.data))) as img:
                 return np.asarray(img.convert('RGB'))
-        from rosbags.image import message_to_cvimage
-
-        array = message_to_cvimage(msg)  # OpenCV order for colour encodings
-    except Exception as exc:  # PIL and rosbags.image raise many types for bad data
+        try:
+            from rosbags.image import message_to_cvimage
+        except ImportError:  # its OpenCV extra is missing: numpy decoder
+            return decode_raw(msg)
+        return _cv_to_rgb(message_to_cvimage(msg), msg.encoding)
+    except Exception as exc:  # PIL, numpy and rosbags.image raise many types for bad data
         raise ValueError(f'{where}: cannot decode image: {exc}') from exc
-    encoding = msg.encoding.lower()
-    if array.ndim == 2:
-        array = np.repeat(array[:, :, None], 3, axis=2)
-    elif array.shape[2] == 4:
-        array = array[:, :, :3]
-    if array.dtype != np.uint8:  # 16-bit images: keep the high byte
-        array = (array >> 8).astype(np.uint8) if array.dtype == np.uint16 else \
-            np.clip(array, 0, 255).astype(np.uint8)
-    if not encoding.startswith('rgb'):
-        array = array[:, :, ::-1]  # OpenCV's BGR -> RGB
-    return np.ascontiguousarray(array)
 
+
+# --- reader -----------------------------------------------------------------------------------
 
 @dataclass
 class ReadSummary:
@@ -85,32 +295,78 @@ class ReadSummary:
         """Count one dropped image."""
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
 
+    def __str__(self) -> str:
+        reasons = ', '.join(f'{n} {r}' for r, n in sorted(self.dropped.items())) or 'none'
+        return f'{self.images} images read, {self.kept} kept, dropped: {reasons}'
+
+
+def _extrinsic_matrix(value) -> np.ndarray:
+    array = np.asarray(value, dtype=np.float64)
+    if array.shape == (7,):
+        return pose_to_matrix(array)
+    if array.shape != (4, 4) or not np.isfinite(array).all():
+        raise ValueError(f'T_vehicle_camera must be a 4x4 matrix, a 7-vector pose or '
+                         f'"tf_static", got shape {array.shape}')
+    return array
+
 
 class RosbagReader:
-    """Posed images from one rosbag2 (file or folder); see the module docstring."""
+    """Posed images from one rosbag2 (file or folder); see the module docstring.
+
+    There is no ``__len__``: counting the kept frames needs a pass over the image topic, and
+    ``list(reader)`` would make that pass before iterating (use ``len(reader.poses)``).
+    """
 
     def __init__(self, path: str | Path, image_topic: str | None = None,
                  pose_topic: str | None = None, max_gap_s: float = 0.2,
-                 T_vehicle_camera: np.ndarray | None = None,  # noqa: N803 (transform name)
-                 vehicle_frame: str | None = None):
+                 T_vehicle_camera=None,  # noqa: N803 (transform name)
+                 vehicle_frame: str | None = None, map_frame: str = 'map',
+                 optical: bool | None = None):
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f'rosbag not found: {self.path}')
+        if not max_gap_s > 0:
+            raise ValueError(f'{self.path}: max_gap_s must be > 0, got {max_gap_s}')
         self.max_gap_ns = int(max_gap_s * 1e9)
-        self.T_vehicle_camera = T_vehicle_camera
+        if T_vehicle_camera is None or isinstance(T_vehicle_camera, str):
+            if T_vehicle_camera not in (None, 'tf_static'):
+                raise ValueError(f'{self.path}: T_vehicle_camera must be None, "tf_static", a '
+                                 f'4x4 matrix or a pose, got {T_vehicle_camera!r}')
+            self.T_vehicle_camera = T_vehicle_camera
+        else:
+            self.T_vehicle_camera = _extrinsic_matrix(T_vehicle_camera)
         self.vehicle_frame = vehicle_frame
+        self.map_frame = map_frame
+        self.optical = optical
         self.summary = ReadSummary()
         with self._open() as reader:
             topics = {c.topic: c.msgtype for c in reader.connections}
-            counts = {c.topic: c.msgcount for c in reader.connections}
+            counts: dict[str, int] = {}
+            for c in reader.connections:
+                counts[c.topic] = counts.get(c.topic, 0) + c.msgcount
         if not topics:
-            raise ValueError(f'{self.path}: the bag holds no topics')
+            raise ValueError(f'{self.path}: the bag holds no topics (empty bag)')
+        self.topics = topics
         self.image_topic = self._pick(topics, image_topic, IMAGE_TYPES, (), 'image')
-        self.pose_topic = self._pick(topics, pose_topic, POSE_TYPES, POSE_TOPIC_HINTS, 'pose')
+        if pose_topic in ('/tf', 'tf'):
+            if '/tf' not in topics:
+                raise ValueError(f'{self.path}: pose topic /tf not found; topics: '
+                                 f'{", ".join(sorted(topics))}')
+            self.pose_topic = '/tf'
+        else:
+            self.pose_topic = self._pick(topics, pose_topic, POSE_TYPES, POSE_TOPIC_HINTS,
+                                         'pose')
         self.image_type, self.pose_type = topics[self.image_topic], topics[self.pose_topic]
-        if counts[self.image_topic] == 0:
-            raise ValueError(f'{self.path}: topic {self.image_topic} has no messages')
-        self._poses: tuple[np.ndarray, np.ndarray, str] | None = None
+        for topic in (self.image_topic, self.pose_topic):
+            if counts[topic] == 0:
+                raise ValueError(f'{self.path}: topic {topic} has no messages')
+        self._source = None
+        self._static = None
+        self._image_stamps = None
+
+    def __repr__(self) -> str:
+        return (f'RosbagReader({str(self.path)!r}, image_topic={self.image_topic!r}, '
+                f'pose_topic={self.pose_topic!r})')
 
     @contextmanager
     def _open(self):
@@ -127,6 +383,18 @@ class RosbagReader:
         finally:
             reader.close()
 
+    def _messages(self, reader, topic: str):
+        """(connection, raw) of ``topic``; a read failure (truncated file) names file and topic."""
+        conns = [c for c in reader.connections if c.topic == topic]
+        if not conns:
+            return
+        try:
+            for conn, _, raw in reader.messages(connections=conns):
+                yield conn, raw
+        except Exception as exc:  # storage errors of a damaged file
+            raise ValueError(f'{self.path}: cannot read topic {topic} (truncated or damaged '
+                             f'bag?): {exc}') from exc
+
     def _pick(self, topics: dict, wanted: str | None, types: tuple, hints: tuple,
               what: str) -> str:
         if wanted is not None:
@@ -137,134 +405,174 @@ class RosbagReader:
                 raise ValueError(f'{self.path}: {what} topic {wanted} has type '
                                  f'{topics[wanted]}; supported: {", ".join(types)}')
             return wanted
-        candidates = [t for t, kind in topics.items() if kind in types]
+        candidates = sorted(t for t, kind in topics.items() if kind in types)
         for hint in hints:
             if hint in candidates:
                 return hint
         if not candidates:
             raise ValueError(f'{self.path}: no {what} topic (types {", ".join(types)}); '
                              f'topics: {", ".join(sorted(topics))}')
-        return sorted(candidates)[0]
+        if len(candidates) > 1:
+            raise ValueError(f'{self.path}: several {what} topics ({", ".join(candidates)}); '
+                             f'name one ({what}_topic=...)')
+        return candidates[0]
 
-    def pose_samples(self) -> tuple[np.ndarray, np.ndarray, str]:
-        """(stamps ns [M], poses [M, 7] of the pose topic, its child frame), time-sorted."""
-        if self._poses is None:
+    # -- poses ---------------------------------------------------------------------------------
+
+    def _read_static(self) -> dict:
+        """``/tf_static`` edges ``{child: (parent, 4x4)}`` (empty when the topic is absent)."""
+        if self._static is None:
+            edges = {}
+            if TF_STATIC_TOPIC in self.topics:
+                with self._open() as reader:
+                    for conn, raw in self._messages(reader, TF_STATIC_TOPIC):
+                        for tf in reader.deserialize(raw, conn.msgtype).transforms:
+                            edges[_frame(tf.child_frame_id)] = (
+                                _frame(tf.header.frame_id), pose_to_matrix(_transform_pose(tf)))
+            self._static = edges
+        return self._static
+
+    def _pose_source(self):
+        """(``at(stamps) -> (poses, valid)``, vehicle frame) of the pose topic or TF chain."""
+        if self._source is not None:
+            return self._source
+        where = f'{self.path}:{self.pose_topic}'
+        if self.pose_topic == '/tf':
+            samples: dict[str, tuple[str, list, list]] = {}
+            with self._open() as reader:
+                for conn, raw in self._messages(reader, '/tf'):
+                    for tf in reader.deserialize(raw, conn.msgtype).transforms:
+                        child = _frame(tf.child_frame_id)
+                        entry = samples.setdefault(child, (_frame(tf.header.frame_id), [], []))
+                        entry[1].append(_stamp_ns(tf.header))
+                        entry[2].append(_transform_pose(tf))
+            edges = dict(self._read_static())
+            for child, (parent, stamps, poses) in samples.items():
+                edges[child] = (parent, PoseTrack.build(stamps, poses, f'{where} {child}'))
+            chain = TfChain(edges, where)
+            vehicle = self.vehicle_frame or 'base_link'
+            chain.path(self.map_frame, vehicle)  # fail early with the edges known
+
+            def at(stamps):
+                return chain.at(self.map_frame, vehicle, stamps, self.max_gap_ns)
+        else:
             stamps, poses, child = [], [], None
             with self._open() as reader:
-                conns = [c for c in reader.connections if c.topic == self.pose_topic]
-                for conn, _, raw in reader.messages(connections=conns):
+                for conn, raw in self._messages(reader, self.pose_topic):
                     msg = reader.deserialize(raw, conn.msgtype)
                     stamps.append(_stamp_ns(msg.header))
                     poses.append(_pose_of(msg, conn.msgtype))
                     child = getattr(msg, 'child_frame_id', None) or child
-            if not stamps:
-                raise ValueError(f'{self.path}: pose topic {self.pose_topic} has no messages')
-            order = np.argsort(stamps, kind='stable')
-            poses_arr = np.stack(poses)[order]
-            if not np.isfinite(poses_arr).all():
-                raise ValueError(f'{self.path}: pose topic {self.pose_topic} has NaN poses')
-            poses_arr[:, 3:] /= np.linalg.norm(poses_arr[:, 3:], axis=1, keepdims=True)
-            self._poses = (np.asarray(stamps, dtype=np.int64)[order], poses_arr,
-                           self.vehicle_frame or child or 'base_link')
-        return self._poses
+            track = PoseTrack.build(stamps, poses, where)
+            vehicle = self.vehicle_frame or (_frame(child) if child else 'base_link')
 
-    def interpolate(self, stamps_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Poses at ``stamps_ns`` ``[K, 7]`` and a mask of those within ``max_gap_s``."""
-        times, poses, _ = self.pose_samples()
-        stamps_ns = np.asarray(stamps_ns, dtype=np.int64)
-        hi = np.clip(np.searchsorted(times, stamps_ns, side='left'), 0, len(times) - 1)
-        lo = np.clip(hi - 1, 0, len(times) - 1)
-        exact = times[hi] == stamps_ns
-        lo = np.where(exact, hi, lo)
-        span = (times[hi] - times[lo]).astype(np.float64)
-        frac = np.where(span > 0, (stamps_ns - times[lo]) / np.where(span > 0, span, 1), 0.0)
-        inside = (times[lo] <= stamps_ns) & (stamps_ns <= times[hi])
-        gap = np.maximum(stamps_ns - times[lo], times[hi] - stamps_ns)
-        valid = inside & (gap <= self.max_gap_ns)
-        t = poses[lo, :3] + frac[:, None] * (poses[hi, :3] - poses[lo, :3])
-        q0 = torch.from_numpy(poses[lo, 3:])
-        q1 = torch.from_numpy(poses[hi, 3:])
-        # roma slerps each pair along its own step: a batch of [K] steps in [0, 1].
-        steps = torch.from_numpy(np.clip(frac, 0.0, 1.0))
-        q = torch.stack([roma.unitquat_slerp(a, b, s[None])[0] for a, b, s in
-                         zip(q0, q1, steps)]) if len(steps) else q0
-        return np.concatenate([t, q.numpy()], axis=1), valid
+            def at(stamps):
+                return track.at(stamps, self.max_gap_ns)
+        self._source = (at, vehicle)
+        return self._source
+
+    def interpolate(self, stamps_ns) -> tuple[np.ndarray, np.ndarray]:
+        """Vehicle poses ``T_map_vehicle`` at ``stamps_ns`` ``[K, 7]`` and their validity mask."""
+        at, _ = self._pose_source()
+        return at(np.asarray(stamps_ns, dtype=np.int64).reshape(-1))
 
     def extrinsic(self, image_frame: str) -> np.ndarray:
-        """``T_vehicle_camera`` (camera body frame): given, or from ``/tf_static``."""
-        if self.T_vehicle_camera is not None:
-            return np.asarray(self.T_vehicle_camera, dtype=np.float64)
-        _, _, vehicle = self.pose_samples()
-        if vehicle == image_frame:
-            return np.eye(4)
-        edges = {}
-        with self._open() as reader:
-            conns = [c for c in reader.connections if c.topic == '/tf_static']
-            for conn, _, raw in reader.messages(connections=conns):
-                for tf in reader.deserialize(raw, conn.msgtype).transforms:
-                    tr, rot = tf.transform.translation, tf.transform.rotation
-                    edges[tf.child_frame_id.lstrip('/')] = (
-                        tf.header.frame_id.lstrip('/'),
-                        pose_to_matrix([tr.x, tr.y, tr.z, rot.x, rot.y, rot.z, rot.w]))
-        chain, frame = np.eye(4), image_frame.lstrip('/')
-        while frame != vehicle:
-            if frame not in edges:
-                raise ValueError(f'{self.path}: /tf_static has no chain {vehicle} -> '
-                                 f'{image_frame}; pass T_vehicle_camera')
-            parent, transform = edges[frame]
-            chain = transform @ chain
-            frame = parent
-        if '_optical' in image_frame:
+        """``T_vehicle_camera`` 4x4 of the camera body frame for images of ``image_frame``."""
+        if isinstance(self.T_vehicle_camera, np.ndarray):
+            return self.T_vehicle_camera
+        _, vehicle = self._pose_source()
+        image_frame = _frame(image_frame)
+        optical = self.optical if self.optical is not None else '_optical' in image_frame
+        if image_frame == vehicle and self.T_vehicle_camera is None:
+            chain = np.eye(4)
+        else:
+            edges = self._read_static()
+            if not edges:
+                raise ValueError(f'{self.path}: topic {TF_STATIC_TOPIC} is missing or empty; '
+                                 f'cannot find the extrinsic {vehicle} -> {image_frame} (pass '
+                                 f'T_vehicle_camera)')
+            chain = TfChain(edges, f'{self.path}:{TF_STATIC_TOPIC}').static(vehicle,
+                                                                             image_frame)
+        if optical:
             chain = chain @ np.linalg.inv(T_camera_optical())
         return chain
 
+    def image_stamps(self) -> tuple[np.ndarray, str]:
+        """Header stamps ``[N]`` (ns) of every image and the first image's frame id.
+
+        Reads only the CDR header bytes of each message: no image is decoded.
+        """
+        if self._image_stamps is None:
+            stamps, frame = [], None
+            with self._open() as reader:
+                for conn, raw in self._messages(reader, self.image_topic):
+                    try:
+                        stamp, frame_id = header_from_cdr(raw)
+                    except ValueError:
+                        msg = reader.deserialize(raw, conn.msgtype)
+                        stamp, frame_id = _stamp_ns(msg.header), msg.header.frame_id
+                    stamps.append(stamp)
+                    frame = frame if frame is not None else frame_id
+            self._image_stamps = (np.asarray(stamps, dtype=np.int64), frame or '')
+        return self._image_stamps
+
+    def read_poses(self) -> tuple[np.ndarray, np.ndarray]:
+        """(stamps ``[M]`` ns, camera poses ``[M, 7]``) of the frames iteration would yield."""
+        stamps, frame = self.image_stamps()
+        poses, valid = self.interpolate(stamps)
+        extrinsic = self.extrinsic(frame)
+        camera = [matrix_to_pose(pose_to_matrix(p) @ extrinsic) for p in poses[valid]]
+        return stamps[valid], np.stack(camera) if camera else np.zeros((0, 7))
+
     @property
     def poses(self) -> np.ndarray:
-        """Camera poses at the image stamps that have one ``[M, 7]`` (no image decoding)."""
-        stamps, frame = [], None
-        with self._open() as reader:
-            conns = [c for c in reader.connections if c.topic == self.image_topic]
-            for conn, _, raw in reader.messages(connections=conns):
-                msg = reader.deserialize(raw, conn.msgtype)
-                stamps.append(_stamp_ns(msg.header))
-                frame = frame or msg.header.frame_id
-        poses, valid = self.interpolate(np.asarray(stamps))
-        extrinsic = self.extrinsic(frame or '')
-        return np.stack([matrix_to_pose(pose_to_matrix(p) @ extrinsic) for p in poses[valid]])
+        """Camera poses ``[M, 7]`` of the frames iteration yields, without decoding images."""
+        return self.read_poses()[1]
 
     def __iter__(self) -> Iterator[Frame]:
         self.summary = ReadSummary()
-        extrinsic = None
+        extrinsics: dict[str, np.ndarray] = {}
+        where = f'{self.path}:{self.image_topic}'
         with self._open() as reader:
-            conns = [c for c in reader.connections if c.topic == self.image_topic]
-            for conn, _, raw in reader.messages(connections=conns):
+            for conn, raw in self._messages(reader, self.image_topic):
                 self.summary.images += 1
-                where = f'{self.path}:{self.image_topic}'
                 try:
                     msg = reader.deserialize(raw, conn.msgtype)
                 except Exception as exc:  # a corrupt message: name it, keep going
                     LOGGER.warning('%s: cannot deserialize a message: %s', where, exc)
-                    self.summary.drop('undecodable message')
+                    self.summary.drop(DROP_UNREADABLE)
                     continue
                 stamp = _stamp_ns(msg.header)
-                pose, valid = self.interpolate(np.array([stamp]))
+                pose, valid = self.interpolate([stamp])
                 if not valid[0]:
-                    self.summary.drop('no pose within max_gap_s')
+                    self.summary.drop(DROP_NO_POSE)
                     continue
-                if extrinsic is None:
-                    extrinsic = self.extrinsic(msg.header.frame_id)
-                image = decode_image(msg, conn.msgtype, where)
-                camera = matrix_to_pose(pose_to_matrix(pose[0]) @ extrinsic)
+                frame = msg.header.frame_id
+                if frame not in extrinsics:
+                    extrinsics[frame] = self.extrinsic(frame)
+                image = decode_image(msg, conn.msgtype, f'{where}@{stamp}')
+                camera = matrix_to_pose(pose_to_matrix(pose[0]) @ extrinsics[frame])
                 self.summary.kept += 1
                 yield Frame(stamp, camera, image, source=f'{where}@{stamp}')
-        if self.summary.dropped:
-            LOGGER.info('%s: kept %d of %d images; dropped %s', self.path, self.summary.kept,
-                        self.summary.images, self.summary.dropped)
+        level = logging.INFO if self.summary.dropped else logging.DEBUG
+        LOGGER.log(level, '%s: %s', self.path, self.summary)
 
     def cache_key(self) -> str:
         """What identifies the content for :meth:`ImageCache.build`."""
         files = sorted(p for p in ([self.path] if self.path.is_file() else self.path.iterdir())
                        if p.is_file())
         stat = ','.join(f'{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}' for p in files)
+        extrinsic = self.T_vehicle_camera if isinstance(self.T_vehicle_camera, str) else \
+            np.round(self.T_vehicle_camera, 9).tolist() if self.T_vehicle_camera is not None \
+            else None
         return (f'rosbag:{self.path.resolve()}:{self.image_topic}:{self.pose_topic}:'
-                f'{self.max_gap_ns}:{stat}')
+                f'{self.max_gap_ns}:{self.vehicle_frame}:{self.map_frame}:{self.optical}:'
+                f'{extrinsic}:{stat}')
+
+
+def read_poses(path: str | Path, **options) -> tuple[np.ndarray, np.ndarray]:
+    """(stamps ``[M]`` ns, ``T_map_camera`` ``[M, 7]``) of a bag's images, no image decoding.
+
+    ``options`` are those of :class:`RosbagReader`. For building maps of reference poses.
+    """
+    return RosbagReader(path, **options).read_poses()
