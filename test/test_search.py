@@ -102,7 +102,36 @@ def test_schedules():
 
 @pytest.mark.parametrize('kwargs', [dict(top_k=0), dict(num_average=5000), dict(levels=0),
                                     dict(sigma=(1.0, 2.0)), dict(schedule='cosine'),
-                                    dict(averaging='mean')])
+                                    dict(averaging='mean'), dict(converge_m=-1.0),
+                                    dict(converge_deg=float('nan'))])
 def test_bad_search_config(kwargs):
     with pytest.raises(ValueError):
         SearchConfig(**kwargs)
+
+
+def _per_image_search(grid_map, config, count=30):
+    """Each hidden pose searched alone (early stop decides per image): errors and levels run."""
+    norm, initial = grid_map
+    errors, levels = [], []
+    for truth in hidden_poses(count):
+        noise = draw_noise(config, 1, torch.Generator().manual_seed(1))
+        result = hierarchical_search(truth[None], lambda p: p, initial, config, noise,
+                                     score=lambda t, c: target_scores(t, c, norm.scale))
+        errors.append(float((result.pose[0, :3] - truth[:3]).norm()))
+        levels.append(result.levels)
+    return torch.tensor(errors), torch.tensor(levels, dtype=torch.float)
+
+
+def test_early_stop_trades_levels_for_accuracy(grid_map):
+    full_err, full_levels = _per_image_search(grid_map, SearchConfig())
+    assert (full_levels == 6).all()
+    # A tolerance nothing can miss stops right after level 1; one nothing can meet never stops.
+    _, levels = _per_image_search(grid_map, SearchConfig(converge_m=1e9, converge_deg=1e9), 5)
+    assert (levels == 2).all()
+    tight_err, levels = _per_image_search(grid_map, SearchConfig(converge_m=1e-6,
+                                                                 converge_deg=1e-6), 5)
+    assert (levels == 6).all()
+    assert torch.equal(tight_err, _per_image_search(grid_map, SearchConfig(), 5)[0])
+    # Measured: 2 m / 0.5 deg runs 4.6 levels on average for a median of 2.2 m (full: 0.9 m).
+    err, levels = _per_image_search(grid_map, SearchConfig(converge_m=2.0, converge_deg=0.5))
+    assert levels.mean() < 5.5 and err.median() < 3.0

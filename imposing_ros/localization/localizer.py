@@ -3,14 +3,15 @@
 Global mode runs the paper's search from the map's initial candidates, whose codes are
 computed once at load (they do not depend on the image). Tracking mode seeds the level-0
 candidates from a prior pose and covariance (e.g. the motion filter's prediction) and runs
-fewer levels.
+fewer levels. The networks run on an inference backend (:mod:`imposing_ros.runtime.backends`:
+``auto`` = TensorRT on CUDA, bf16 on a CPU with native bf16, else fp32).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 import time
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -24,6 +25,12 @@ from imposing_ros.localization.search import (
 )
 from imposing_ros.model.checkpoint import load_model
 from imposing_ros.model.imposing import ImPosing
+from imposing_ros.runtime.backends import (
+    Backend,
+    DEFAULT_BACKEND,
+    DEFAULT_INDUCTOR,
+    select_backend,
+)
 
 
 def preprocess(image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
@@ -69,6 +76,8 @@ class LocalizerConfig:
     tracking_min_sigma: tuple[float, ...] = (1.0, 1.0, 0.1, 0.5, 0.5, 2.0)
     # Seed of the candidate noise: the same image gives the same pose.
     seed: int = 0
+    # On CUDA, capture the global search in one CUDA graph (imposing_ros.runtime.graphs).
+    cuda_graph: bool = True
 
     def __post_init__(self):
         if self.tracking_levels < 1:
@@ -82,7 +91,8 @@ class LocalizationResult(NamedTuple):
 
     ``pose (7,)`` T_map_camera (camera body frame); ``covariance (6, 6)`` ROS layout;
     ``score`` best score in [0, 1]; ``candidates (M, 7)`` / ``candidate_scores (M,)`` the
-    averaged top candidates, best first; ``mode`` 'global' or 'tracking'; ``timings_ms`` per stage.
+    averaged top candidates, best first; ``mode`` 'global' or 'tracking'; ``timings_ms`` per stage;
+    ``levels`` levels run (fewer than configured after an early stop).
     """
 
     pose: np.ndarray
@@ -92,34 +102,68 @@ class LocalizationResult(NamedTuple):
     candidate_scores: np.ndarray
     mode: str
     timings_ms: dict
+    levels: int = 0
 
 
 class Localizer:
-    """Holds a model on a device with its image-independent level-0 codes."""
+    """Holds a model's inference backend on a device, with its level-0 candidates and codes.
+
+    ``initial_poses [M, 7]`` replaces the map's level-0 set (e.g. every reference pose: their
+    codes are computed here once, so a larger set costs one matrix product per frame).
+    """
 
     def __init__(self, model: ImPosing, scene: str | None = None,
-                 config: LocalizerConfig | None = None, device: str | torch.device = 'cpu'):
+                 config: LocalizerConfig | None = None, device: str | torch.device = 'cpu',
+                 backend: str | Backend = DEFAULT_BACKEND,
+                 initial_poses: torch.Tensor | None = None, inductor: str = DEFAULT_INDUCTOR):
         self.config = config or LocalizerConfig()
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
         self.scene = model.default_scene(scene)
         self.image_size = tuple(model.config.image_size)
-        self.initial_poses = model.maps[self.scene].initial_poses.to(self.device)
         n = self.config.search.num_candidates
-        if len(self.initial_poses) != n:
-            # The map stores its own level-0 set; a different N draws evenly from it.
-            index = torch.linspace(0, len(self.initial_poses) - 1, n).round().long()
-            self.initial_poses = self.initial_poses[index.to(self.device)]
+        if isinstance(backend, Backend):
+            self.backend = backend
+        else:
+            self.backend = select_backend(backend, model.eval(), self.scene, self.device, n,
+                                          inductor=inductor)
+        if initial_poses is None:
+            initial_poses = model.maps[self.scene].initial_poses
+            if len(initial_poses) != n:
+                # The map stores its own level-0 set; a different N draws evenly from it.
+                index = torch.linspace(0, len(initial_poses) - 1, n).round().long()
+                initial_poses = initial_poses[index]
+        check_poses(initial_poses, 'initial_poses')
+        self.initial_poses = initial_poses.float().to(self.device)
         with torch.no_grad():
-            self.initial_codes = model.encode_poses(self.initial_poses, self.scene)
+            self.initial_codes = self.backend.encode_poses(self.initial_poses)
+        # The noise of a global search depends on the seed only (the same image gives the same
+        # pose): drawn once here, not per frame.
+        self._global_noise = draw_noise(self.config.search, 1, self._generator(), self.device)
+        self._graph = None
+        if (self.config.cuda_graph and self.device.type == 'cuda' and self.backend.graph_safe
+                and not self.config.search.early_stop):
+            from imposing_ros.runtime.graphs import try_capture
+
+            self._graph = try_capture(self.backend, self.initial_poses, self.initial_codes,
+                                      self.config.search, self._global_noise, model.config.dim)
+
+    def _generator(self) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(self.config.seed)
 
     @classmethod
     def from_checkpoint(cls, path, scene: str | None = None,
                         config: LocalizerConfig | None = None,
-                        device: str | torch.device = 'cpu') -> Localizer:
+                        device: str | torch.device = 'cpu',
+                        backend: str = DEFAULT_BACKEND,
+                        inductor: str = DEFAULT_INDUCTOR) -> Localizer:
         """Load a checkpoint (raises CheckpointError naming the file on any problem)."""
         model, _ = load_model(path, 'cpu')
-        return cls(model, scene, config, device)
+        return cls(model, scene, config, device, backend, inductor=inductor)
+
+    @property
+    def backend_name(self) -> str:
+        """The concrete backend (what ``auto`` resolved to)."""
+        return self.backend.name
 
     def _sync(self):
         if self.device.type == 'cuda':
@@ -127,45 +171,56 @@ class Localizer:
 
     @torch.no_grad()
     def localize(self, image: np.ndarray, prior_pose: np.ndarray | None = None,
-                 prior_covariance: np.ndarray | None = None) -> LocalizationResult:
+                 prior_covariance: np.ndarray | None = None,
+                 on_stage: Callable[[str], None] | None = None) -> LocalizationResult:
         """Localize one ``[H, W, 3]`` uint8 RGB image, globally or around a prior.
 
         ``prior_pose (7,)`` T_map_camera and ``prior_covariance (6, 6)`` (ROS layout) select
-        tracking mode.
+        tracking mode. ``on_stage`` is called with a stage name after each stage (benchmarks).
         """
+        stage = on_stage or (lambda name: None)
         timings = {}
         t0 = time.perf_counter()
         images = preprocess(image, self.image_size).to(self.device)
         self._sync()
+        stage('preprocess')
         t1 = time.perf_counter()
-        image_codes = self.model.encode_images(images, self.scene)
+        image_codes = self.backend.encode_images(images)
         self._sync()
+        stage('image_encoder')
         t2 = time.perf_counter()
         timings['preprocess'] = 1e3 * (t1 - t0)
         timings['image_encoder'] = 1e3 * (t2 - t1)
         cfg = self.config
-        generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
         if prior_pose is None:
-            mode, search = 'global', cfg.search
+            mode, search, noise = 'global', cfg.search, self._global_noise
             initial, initial_codes = self.initial_poses, self.initial_codes
         else:
             mode = 'tracking'
             search = replace(cfg.search, levels=cfg.tracking_levels)
-            initial = self._prior_candidates(prior_pose, prior_covariance, search, generator)
+            generator = self._generator()
+            initial = self.prior_candidates(prior_pose, prior_covariance, search, generator)
             initial_codes = None
-        noise = draw_noise(search, 1, generator, self.device)
-        result = hierarchical_search(image_codes, lambda p: self.model.encode_poses(p, self.scene),
-                                     initial, search, noise, initial_codes=initial_codes)
+            noise = draw_noise(search, 1, generator, self.device)
+            stage('prior_candidates')
+        backend = self.backend
+        if mode == 'global' and self._graph is not None:
+            result = self._graph(image_codes)
+            stage('search (CUDA graph)')
+        else:
+            result = hierarchical_search(image_codes, backend.encode_poses, initial, search,
+                                         noise, initial_codes=initial_codes, score=backend.score,
+                                         sample=backend.sample, on_stage=on_stage)
         self._sync()
         timings['search'] = 1e3 * (time.perf_counter() - t2)
         timings['total'] = 1e3 * (time.perf_counter() - t0)
         return LocalizationResult(
             result.pose[0].double().cpu().numpy(), result.covariance[0].double().cpu().numpy(),
             float(result.score[0]), result.candidates[0].double().cpu().numpy(),
-            result.candidate_scores[0].double().cpu().numpy(), mode, timings)
+            result.candidate_scores[0].double().cpu().numpy(), mode, timings, result.levels)
 
-    def _prior_candidates(self, pose, covariance, search: SearchConfig,
-                          generator: torch.Generator) -> torch.Tensor:
+    def prior_candidates(self, pose, covariance, search: SearchConfig,
+                         generator: torch.Generator) -> torch.Tensor:
         """Level-0 candidates drawn around a prior: ``[1, N, 7]``."""
         pose_t = torch.as_tensor(np.asarray(pose, dtype=np.float64), dtype=torch.float32)
         check_poses(pose_t, 'prior pose')

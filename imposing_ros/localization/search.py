@@ -48,6 +48,12 @@ class SearchConfig:
     schedule: str = 'halve'
     # Rotation averaging: 'eigh' (Markley, exact) or 'power' (no eigensolver, graph friendly).
     averaging: str = 'eigh'
+    # Early stop: after a level, stop refining when the score-weighted mean of the top_k
+    # candidates moved less than converge_m metres and converge_deg degrees since the previous
+    # level. 0 = off (the paper: always K levels). On costs one host read per level, so it
+    # cannot be captured in a CUDA graph.
+    converge_m: float = 0.0
+    converge_deg: float = 0.0
 
     def __post_init__(self):
         if self.num_candidates < 1 or self.levels < 1:
@@ -62,6 +68,13 @@ class SearchConfig:
             raise ValueError(f'schedule must be one of {SCHEDULES}, got {self.schedule!r}')
         if self.averaging not in ('eigh', 'power'):
             raise ValueError(f"averaging must be 'eigh' or 'power', got {self.averaging!r}")
+        if not (self.converge_m >= 0 and self.converge_deg >= 0):
+            raise ValueError('converge_m and converge_deg must be >= 0 (0 = no early stop)')
+
+    @property
+    def early_stop(self) -> bool:
+        """Whether refinement may stop before ``levels`` (see ``converge_m``)."""
+        return self.converge_m > 0 or self.converge_deg > 0
 
     def level_sigma(self, level: int) -> torch.Tensor:
         """Proposer standard deviation ``[6]`` (m, m, m, rad, rad, rad) for ``level >= 1``."""
@@ -92,7 +105,8 @@ class SearchResult(NamedTuple):
 
     ``pose [B, 7]`` metres + quaternion (x, y, z, w); ``covariance [B, 6, 6]`` ROS layout;
     ``score [B]`` best final score in [0, 1] (confidence); ``candidates [B, M, 7]`` and
-    ``candidate_scores [B, M]``: the averaged top candidates, best first.
+    ``candidate_scores [B, M]``: the averaged top candidates, best first; ``levels``: levels
+    run (fewer than configured after an early stop).
     """
 
     pose: torch.Tensor
@@ -100,6 +114,7 @@ class SearchResult(NamedTuple):
     score: torch.Tensor
     candidates: torch.Tensor
     candidate_scores: torch.Tensor
+    levels: int = 0
 
 
 def draw_noise(config: SearchConfig, batch: int, generator: torch.Generator | None = None,
@@ -134,6 +149,13 @@ def sample_mixture(centers: torch.Tensor, weights: torch.Tensor, uniform: torch.
     return perturb_poses(picked, normal, sigma.to(centers))
 
 
+def level_sigmas(config: SearchConfig, levels: int) -> torch.Tensor:
+    """Proposer deviations ``[levels - 1, 6]`` of levels 1 .. levels - 1."""
+    if levels < 2:
+        return torch.zeros((0, 6))
+    return torch.stack([config.level_sigma(level) for level in range(1, levels)])
+
+
 def gather_poses(poses: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Poses ``[B, N, 7]`` picked by ``index [B, M]`` -> ``[B, M, 7]``."""
     return torch.gather(poses, 1, index[..., None].expand(*index.shape, poses.shape[-1]))
@@ -147,6 +169,8 @@ def hierarchical_search(image_codes: torch.Tensor,
                         initial_codes: torch.Tensor | None = None,
                         score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                         on_stage: Callable[[str], None] | None = None,
+                                        sample: Callable[..., torch.Tensor] | None = None,
+                        sigmas: torch.Tensor | None = None,
                         ) -> SearchResult:
     """Localize ``B`` images by scoring candidates level by level.
 
@@ -163,11 +187,17 @@ def hierarchical_search(image_codes: torch.Tensor,
         on_stage: called with a stage name after each stage (``level0``, ``level1/sample``,
             ``level1/encode``, ``level1/score``, ...); benchmarks time stages with it. None in
             production: no extra work, no synchronisation.
+        sample: :func:`sample_mixture` or an equivalent (e.g. a compiled one, from a backend).
+        sigmas: ``[K - 1, 6]`` proposer deviations of levels 1.. on the device (default: from
+            ``config``); passing them keeps host-to-device copies out of a captured CUDA graph.
 
     Returns:
         :class:`SearchResult`.
     """
     score = similarity if score is None else score
+    sample = sample_mixture if sample is None else sample
+    if sigmas is None:
+        sigmas = level_sigmas(config, noise.uniform.shape[0] + 1).to(image_codes.device)
     stage = on_stage or (lambda name: None)
     batch = image_codes.shape[0]
     if initial_poses.ndim == 2:
@@ -179,19 +209,55 @@ def hierarchical_search(image_codes: torch.Tensor,
         scores = score(image_codes, encode_poses(candidates))
     stage('level0')
     levels = noise.uniform.shape[0] + 1
+    top_k = min(config.top_k, scores.shape[1])
+    last_mean = None
+    level = 0
     for level in range(1, levels):
-        top_scores, top_index = scores.topk(min(config.top_k, scores.shape[1]), dim=1)
+        top_scores, top_index = scores.topk(top_k, dim=1)
         centers = gather_poses(candidates, top_index)
-        candidates = sample_mixture(centers, top_scores, noise.uniform[level - 1],
-                                    noise.normal[level - 1], config.level_sigma(level))
+        if config.early_stop:
+            mean = _weighted_mean_pose(centers, top_scores)
+            if last_mean is not None and _converged(last_mean, mean, config):
+                level -= 1  # this level is not run
+                break
+            last_mean = mean
+        candidates = sample(centers, top_scores, noise.uniform[level - 1],
+                            noise.normal[level - 1], sigmas[level - 1])
         stage(f'level{level}/topk+sample')
         codes = encode_poses(candidates)
         stage(f'level{level}/encode')
         scores = score(image_codes, codes)
         stage(f'level{level}/score')
-    result = average_top(candidates, scores, config)
+    result = average_top(candidates, scores, config)._replace(levels=level + 1)
     stage('average+covariance')
     return result
+
+
+def _weighted_mean_pose(poses: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Cheap score-weighted mean ``[B, 7]`` of ``poses [B, M, 7]`` (for convergence tests).
+
+    Quaternions are sign-aligned with the best one and averaged linearly: accurate for the
+    nearby rotations of the top candidates, without an eigensolver.
+    """
+    w = (weights + 1e-12) / (weights + 1e-12).sum(dim=1, keepdim=True)
+    quats = poses[..., 3:]
+    dot = (quats * quats[:, :1]).sum(dim=-1, keepdim=True)
+    quat = (w[..., None] * torch.where(dot < 0, -quats, quats)).sum(dim=1)
+    translation = (w[..., None] * poses[..., :3]).sum(dim=1)
+    return torch.cat([translation, quat / quat.norm(dim=-1, keepdim=True)], dim=-1)
+
+
+def _converged(previous: torch.Tensor, current: torch.Tensor, config: SearchConfig) -> bool:
+    """Whether every image's mean pose moved less than the tolerances (one host read)."""
+    moved_m = (current[:, :3] - previous[:, :3]).norm(dim=-1)
+    dot = (current[:, 3:] * previous[:, 3:]).sum(dim=-1).abs().clamp(max=1.0)
+    moved_deg = torch.rad2deg(2 * torch.acos(dot))
+    ok = torch.ones_like(moved_m, dtype=torch.bool)
+    if config.converge_m > 0:
+        ok &= moved_m < config.converge_m
+    if config.converge_deg > 0:
+        ok &= moved_deg < config.converge_deg
+    return bool(ok.all())
 
 
 def average_top(candidates: torch.Tensor, scores: torch.Tensor,
@@ -210,4 +276,4 @@ def average_top(candidates: torch.Tensor, scores: torch.Tensor,
     covariance = weighted_pose_covariance(top, norm, pose)
     # Keep it positive definite when all candidates coincide (numerical floor, not a prior).
     covariance = covariance + 1e-9 * torch.eye(6, dtype=covariance.dtype, device=covariance.device)
-    return SearchResult(pose, covariance, top_scores[:, 0], top, top_scores)
+    return SearchResult(pose, covariance, top_scores[:, 0], top, top_scores, 1)
