@@ -40,6 +40,7 @@ from imposing_ros.nodes.image_conversion import (  # noqa: E402
     message_to_rgb,
 )
 from imposing_ros.nodes.localizer_node import compose_covariance, extrinsic_matrix  # noqa: E402
+from imposing_ros.runtime.backends import DEFAULT_BACKEND, resolve_backend_name  # noqa: E402
 
 NODE = 'imposing_localizer'
 IMAGE_TOPIC = '/camera/image_raw'
@@ -370,7 +371,8 @@ def test_image_in_pose_out(running):
     assert 1 <= len(arrows) <= 32 and all(m.type == Marker.ARROW for m in arrows)
     assert any(m.ns == 'estimate' for m in array.markers)
     assert harness.scores
-    harness.wait_for(lambda: harness.diag_values().get('backend') == 'torch',
+    expected = resolve_backend_name(DEFAULT_BACKEND, 'cpu')  # what the default resolves to here
+    harness.wait_for(lambda: harness.diag_values().get('backend') == expected,
                      what='diagnostics')
     values = harness.diag_values()
     for key in ('rate (Hz)', 'latency median (ms)', 'frames skipped', 'last score'):

@@ -49,7 +49,7 @@ def test_training_learns_to_localize(road_data, tmp_path):
     road, train_cache, val_cache = road_data
     scenes = {'road': SceneData(CachedPosedImages(train_cache), CachedPosedImages(val_cache),
                                 road.reference_poses())}
-    result = train(scenes, tmp_path / 'run', MODEL, train_config(6), SEARCH, resume=False)
+    result = train(scenes, tmp_path / 'run', MODEL, train_config(10), SEARCH, resume=False)
     losses = [h['loss'] for h in result.history]
     assert losses[-1] < 0.6 * losses[0], losses
 
@@ -63,7 +63,8 @@ def test_training_learns_to_localize(road_data, tmp_path):
     ref = torch.as_tensor(road.reference_poses()).float()
     chance = summarize(*pose_errors(ref[torch.randint(len(ref), (len(truth),))], truth))
     # Bound: median under 10 m and a fifth of chance, recall (5 m, 10 deg) over 30 % and five
-    # times chance. Measured: median ~5 m, recall ~42 % after 6 epochs; chance ~55 m and ~3 %.
+    # times chance. Measured after 10 epochs (seeds 0 and 1): median 2.7 / 3.6 m, recall 71 / 58 %;
+    # chance ~55 m and ~3 %. After 6 epochs the model sat on the bounds (11-22 m on this CPU).
     assert trained['median_m'] < 10.0 and trained['median_m'] < chance['median_m'] / 5
     assert trained['recall_5m_10deg'] > 0.3
     assert trained['recall_5m_10deg'] > 5 * chance['recall_5m_10deg']

@@ -110,12 +110,16 @@ class Localizer:
 
     ``initial_poses [M, 7]`` replaces the map's level-0 set (e.g. every reference pose: their
     codes are computed here once, so a larger set costs one matrix product per frame).
+    ``backend`` is a name of :data:`~imposing_ros.runtime.backends.BACKENDS` or a built backend;
+    ``inductor`` and ``engine_cache`` are passed to
+    :func:`~imposing_ros.runtime.backends.select_backend`.
     """
 
     def __init__(self, model: ImPosing, scene: str | None = None,
                  config: LocalizerConfig | None = None, device: str | torch.device = 'cpu',
                  backend: str | Backend = DEFAULT_BACKEND,
-                 initial_poses: torch.Tensor | None = None, inductor: str = DEFAULT_INDUCTOR):
+                 initial_poses: torch.Tensor | None = None, inductor: str = DEFAULT_INDUCTOR,
+                 engine_cache: str | None = None):
         self.config = config or LocalizerConfig()
         self.device = torch.device(device)
         self.scene = model.default_scene(scene)
@@ -125,7 +129,7 @@ class Localizer:
             self.backend = backend
         else:
             self.backend = select_backend(backend, model.eval(), self.scene, self.device, n,
-                                          inductor=inductor)
+                                          cache_dir=engine_cache, inductor=inductor)
         if initial_poses is None:
             initial_poses = model.maps[self.scene].initial_poses
             if len(initial_poses) != n:
@@ -154,11 +158,16 @@ class Localizer:
     def from_checkpoint(cls, path, scene: str | None = None,
                         config: LocalizerConfig | None = None,
                         device: str | torch.device = 'cpu',
-                        backend: str = DEFAULT_BACKEND,
-                        inductor: str = DEFAULT_INDUCTOR) -> Localizer:
-        """Load a checkpoint (raises CheckpointError naming the file on any problem)."""
+                        backend: str = DEFAULT_BACKEND, inductor: str = DEFAULT_INDUCTOR,
+                        engine_cache: str | None = None) -> Localizer:
+        """Load a checkpoint (raises CheckpointError naming the file on any problem).
+
+        ``backend``, ``inductor`` and ``engine_cache`` (TensorRT programs) choose how it runs
+        (:func:`imposing_ros.runtime.backends.select_backend`).
+        """
         model, _ = load_model(path, 'cpu')
-        return cls(model, scene, config, device, backend, inductor=inductor)
+        return cls(model, scene, config, device, backend, inductor=inductor,
+                   engine_cache=engine_cache)
 
     @property
     def backend_name(self) -> str:
