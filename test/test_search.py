@@ -135,3 +135,16 @@ def test_early_stop_trades_levels_for_accuracy(grid_map):
     # Measured: 2 m / 0.5 deg runs 4.6 levels on average for a median of 2.2 m (full: 0.9 m).
     err, levels = _per_image_search(grid_map, SearchConfig(converge_m=2.0, converge_deg=0.5))
     assert levels.mean() < 5.5 and err.median() < 3.0
+
+
+def test_every_reference_pose_at_level0_halves_the_error(grid_map):
+    # Level-0 codes are image-independent, so the localizer caches them: scoring all 44,000
+    # reference poses of the map instead of 4096 costs one larger matrix product per frame.
+    norm, sampled = grid_map
+    reference = street_grid()
+    et_all, er_all, _ = oracle_errors((norm, reference), SearchConfig())
+    et_4k, _, _ = oracle_errors((norm, sampled), SearchConfig())
+    # Measured on these 30 poses: 0.60 m median, all within 5 m (4096 sampled: 1.12 m, 97 %).
+    assert et_all.median() < 0.75 and (et_all < 5.0).all()
+    assert et_all.median() < 0.7 * et_4k.median()
+    assert er_all.max() < 1.0

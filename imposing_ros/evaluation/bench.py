@@ -48,13 +48,18 @@ from imposing_ros.training.trainer import build_scene_map
 from imposing_ros.utils import atomic_write_text
 
 
+def random_poses(count: int, seed: int = 0) -> np.ndarray:
+    """``count`` camera poses ``[count, 7]`` spread over a 2 km x 2 km map, 1.5 m high."""
+    g = np.random.default_rng(seed)
+    yaw = g.uniform(-np.pi, np.pi, count)
+    return np.stack([g.uniform(-1000, 1000, count), g.uniform(-1000, 1000, count),
+                     np.full(count, 1.5), np.zeros(count), np.zeros(count), np.sin(yaw / 2),
+                     np.cos(yaw / 2)], axis=1)
+
+
 def random_model(config: ModelConfig, reference_poses: int, seed: int = 0) -> ImPosing:
     """A model of ``config`` over a random 2 km map of ``reference_poses`` poses."""
-    g = np.random.default_rng(seed)
-    yaw = g.uniform(-np.pi, np.pi, reference_poses)
-    poses = np.stack([g.uniform(-1000, 1000, reference_poses), g.uniform(-1000, 1000,
-                      reference_poses), np.full(reference_poses, 1.5), np.zeros(reference_poses),
-                      np.zeros(reference_poses), np.sin(yaw / 2), np.cos(yaw / 2)], axis=1)
+    poses = random_poses(reference_poses, seed)
     torch.manual_seed(seed)
     return ImPosing(config, {'bench': build_scene_map(poses, 4096, seed)})
 
@@ -234,8 +239,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--data', help='validation set for the accuracy check (needs --model)')
     parser.add_argument('--accuracy-frames', type=int, default=100,
                         help='frames of --data used, evenly spaced (default 100)')
-    parser.add_argument('--level0', help='accuracy check with this level-0 set instead of the '
-                        "map's: a dataset spec whose poses are used (e.g. the training data)")
+    parser.add_argument('--level0', help="level-0 set instead of the map's: a count M (M poses "
+                        'spread over the map: timing) or a dataset spec whose poses are used '
+                        '(e.g. the training data; with --data: accuracy too)')
     parser.add_argument('--scaling', action='store_true',
                         help='also time maps of 1k, 10k and 100k reference poses')
     parser.add_argument('--openvino', action='store_true',
@@ -263,7 +269,13 @@ def run(args: argparse.Namespace) -> int:
                      top_k=min(100, args.candidates), num_average=min(256, args.candidates),
                      converge_m=args.converge_m, converge_deg=args.converge_deg)
     config = LocalizerConfig(search=search, tracking_levels=args.tracking_levels)
-    localizer = Localizer(model, None, config, args.device, args.backend,
+    initial = None
+    if args.level0 and args.level0.isdigit():
+        initial = torch.from_numpy(random_poses(int(args.level0), seed=1)).float()
+    elif args.level0:
+        initial = torch.from_numpy(np.stack([f.pose for f in _load_frames(
+            args.level0, 10 ** 9)])).float()
+    localizer = Localizer(model, None, config, args.device, args.backend, initial,
                           inductor=args.inductor)
     stages = benchmark(localizer, args.frames, args.warmup, args.mode)
     floor = hardware_floor(localizer)
@@ -286,12 +298,9 @@ def run(args: argparse.Namespace) -> int:
               'candidates': search.num_candidates, 'levels': search.levels,
               'converge_m': args.converge_m, 'converge_deg': args.converge_deg,
               'backbone': model.config.backbone, 'image_size': list(model.config.image_size),
-              'stages': stages, 'floor': floor}
+              'level0_candidates': len(localizer.initial_poses), 'stages': stages,
+              'floor': floor}
     if args.data:
-        initial = None
-        if args.level0:
-            initial = torch.from_numpy(np.stack([f.pose for f in _load_frames(
-                args.level0, 10 ** 9)])).float()
         acc = accuracy(model, _load_frames(args.data, args.accuracy_frames), config,
                        localizer.backend.name, args.inductor, args.device, initial)
         report['accuracy'] = acc
