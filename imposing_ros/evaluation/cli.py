@@ -19,15 +19,22 @@ from tqdm import tqdm
 
 from imposing_ros.evaluation.metrics import format_summary, pose_errors, summarize
 from imposing_ros.localization.localizer import Localizer, LocalizerConfig
+from imposing_ros.runtime.backends import (
+    BACKENDS,
+    DEFAULT_BACKEND,
+    DEFAULT_INDUCTOR,
+    INDUCTOR_CHOICES,
+)
 from imposing_ros.utils import atomic_write_text
 
 LOGGER = logging.getLogger('imposing_ros.evaluation')
 
 
 def evaluate(model_path: str | Path, frames, scene: str | None = None,
-             config: LocalizerConfig | None = None, device: str = 'cpu'):
+             config: LocalizerConfig | None = None, device: str = 'cpu',
+             backend: str = DEFAULT_BACKEND, inductor: str = DEFAULT_INDUCTOR):
     """Localize every frame; return (summary dict, estimates [M, 7], truth [M, 7], scores)."""
-    localizer = Localizer.from_checkpoint(model_path, scene, config, device)
+    localizer = Localizer.from_checkpoint(model_path, scene, config, device, backend, inductor)
     estimates, truth, scores = [], [], []
     for frame in tqdm(frames, desc='evaluate', unit='frame', dynamic_ncols=True):
         truth.append(frame.pose)
@@ -55,6 +62,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--candidates', type=int, help='candidates per level (default 4096)')
     parser.add_argument('--levels', type=int, help='levels (default 6)')
     parser.add_argument('--device', default='cpu')
+    parser.add_argument('--backend', default=DEFAULT_BACKEND, choices=BACKENDS,
+                        help=f'inference backend (default {DEFAULT_BACKEND})')
+    parser.add_argument('--inductor', default=DEFAULT_INDUCTOR, choices=INDUCTOR_CHOICES,
+                        help='compile the torch backends with inductor (default auto)')
     parser.add_argument('--json', help='write the summary here')
     parser.add_argument('--csv', help='write per-frame estimates here')
 
@@ -71,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     if args.levels:
         search = replace(search, levels=args.levels)
     summary, est, gt, scores = evaluate(args.model, open_dataset(args.data), args.scene,
-                                        LocalizerConfig(search=search), args.device)
+                                        LocalizerConfig(search=search), args.device,
+                                        args.backend, args.inductor)
     print(format_summary(summary))
     if args.json:
         atomic_write_text(args.json, json.dumps(summary, indent=2))

@@ -15,6 +15,12 @@ from tqdm import tqdm
 
 from imposing_ros.data.plain import load_rgb
 from imposing_ros.localization.localizer import Localizer
+from imposing_ros.runtime.backends import (
+    BACKENDS,
+    DEFAULT_BACKEND,
+    DEFAULT_INDUCTOR,
+    INDUCTOR_CHOICES,
+)
 from imposing_ros.utils import atomic_write_text
 
 LOGGER = logging.getLogger('imposing_ros.localization')
@@ -22,7 +28,8 @@ IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.ppm')
 
 
 def localize_folder(model: str | Path, images: str | Path, out: str | Path,
-                    scene: str | None = None, device: str = 'cpu') -> Path:
+                    scene: str | None = None, device: str = 'cpu',
+                    backend: str = DEFAULT_BACKEND, inductor: str = DEFAULT_INDUCTOR) -> Path:
     """Localize every image file under ``images`` (sorted) and write ``out``."""
     images = Path(images)
     if not images.is_dir():
@@ -30,7 +37,8 @@ def localize_folder(model: str | Path, images: str | Path, out: str | Path,
     files = sorted(p for p in images.rglob('*') if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ValueError(f'{images}: no image files ({", ".join(IMAGE_SUFFIXES)})')
-    localizer = Localizer.from_checkpoint(model, scene, device=device)
+    localizer = Localizer.from_checkpoint(model, scene, device=device, backend=backend,
+                                          inductor=inductor)
     lines = ['timestamp,image,x,y,z,qx,qy,qz,qw,score']
     for i, path in enumerate(tqdm(files, desc='localize', unit='image', dynamic_ncols=True)):
         result = localizer.localize(load_rgb(path))
@@ -46,10 +54,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--out', required=True, help='CSV to write')
     parser.add_argument('--scene', help='scene of a multi-scene model')
     parser.add_argument('--device', default='cpu')
+    parser.add_argument('--backend', default=DEFAULT_BACKEND, choices=BACKENDS,
+                        help=f'inference backend (default {DEFAULT_BACKEND})')
+    parser.add_argument('--inductor', default=DEFAULT_INDUCTOR, choices=INDUCTOR_CHOICES,
+                        help='compile the torch backends with inductor (default auto)')
 
 
 def run(args: argparse.Namespace) -> int:
     """Entry of ``imposing-ros localize``."""
-    out = localize_folder(args.model, args.images, args.out, args.scene, args.device)
+    out = localize_folder(args.model, args.images, args.out, args.scene, args.device,
+                          args.backend, args.inductor)
     print(f'poses: {out}')
     return 0
