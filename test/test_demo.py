@@ -151,10 +151,6 @@ def test_summary_counts_errors_and_failures(tiny_bag):
 
 @pytest.mark.ros
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=(
-    'known bug (issue 4 note): under use_sim_time replay the localizer node spends ~1.1 s per '
-    'frame that takes 75 ms outside the node, so most frames are skipped; passes when that '
-    'slowdown does not occur'))
 def test_demo_end_to_end(tiny_bag):
     model, bag, params, folder = tiny_bag
     out = folder / 'summary.json'

@@ -616,3 +616,54 @@ def test_load_200hz_for_10s(running):
     assert np.median(lags) < 0.5 and lags.max() < 2.0, lags
     assert max(rss) - rss[0] < 100, f'memory grew: {rss}'
     assert process.proc.poll() is None
+
+
+@pytest.mark.ros
+def test_sim_time_follows_clock_and_no_qos_event_handlers(tiny_model):
+    """Under use_sim_time the node's clock follows /clock; no subscription has event handlers.
+
+    Neither rclpy's /clock subscription nor images, prior or initial pose. Both failed once and
+    made the MultiThreadedExecutor wake in a loop, which starved inference
+    (imposing_ros.nodes.events: demo frames took 0.5-5.8 s instead of 12-25 ms).
+    """
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rosgraph_msgs.msg import Clock
+
+    from imposing_ros.nodes.localizer_node import LocalizerNode
+
+    path, _ = tiny_model
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = LocalizerNode(context=context, parameter_overrides=[
+        Parameter('use_sim_time', value=True), Parameter('model_path', value=str(path)),
+        Parameter('search.num_candidates', value=64), Parameter('search.levels', value=2),
+        Parameter('search.top_k', value=8), Parameter('search.num_average', value=16),
+        Parameter('publish_tf', value=False)])
+    driver = rclpy.create_node('localizer_clock_driver', context=context)
+    executor = MultiThreadedExecutor(context=context)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        handlers = {sub.topic_name: len(sub.event_handlers) for sub in node.subscriptions}
+        assert {'/clock', IMAGE_TOPIC, PRIOR_TOPIC, '/initialpose'} <= set(handlers), handlers
+        assert not any(handlers.values()), handlers
+        executor.add_node(node)
+        executor.add_node(driver)
+        thread.start()
+        clock_pub = driver.create_publisher(Clock, '/clock', 10)
+        deadline = time.monotonic() + 10
+        while node.get_clock().now().nanoseconds != 500 * 10**9:
+            assert time.monotonic() < deadline, 'the node clock does not follow /clock'
+            clock_pub.publish(Clock(clock=Time(seconds=500).to_msg()))
+            time.sleep(0.05)
+        node.trigger_deactivate()
+        assert not [sub.topic_name for sub in node.subscriptions if sub.topic_name != '/clock']
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        driver.destroy_node()
+        rclpy.try_shutdown(context=context)
+        if thread.is_alive():
+            thread.join(timeout=5)

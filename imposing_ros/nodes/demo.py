@@ -217,6 +217,8 @@ class Session:
         from diagnostic_msgs.msg import DiagnosticArray
         from geometry_msgs.msg import PoseWithCovarianceStamped
 
+        from imposing_ros.nodes.events import no_event_callbacks
+
         def on_pose(msg):
             p, q = msg.pose.pose.position, msg.pose.pose.orientation
             with self.lock:
@@ -229,9 +231,13 @@ class Session:
                     with self.lock:
                         self.diagnostics = {kv.key: kv.value for kv in status.values}
 
+        # No QoS event handlers, as in the nodes (imposing_ros.nodes.events): the player thread
+        # shares this process's GIL with the executor.
         self.node.create_subscription(PoseWithCovarianceStamped,
-                                      f'/{node_set.LOCALIZER.name}/pose', on_pose, 100)
-        self.node.create_subscription(DiagnosticArray, '/diagnostics', on_diagnostics, 10)
+                                      f'/{node_set.LOCALIZER.name}/pose', on_pose, 100,
+                                      event_callbacks=no_event_callbacks())
+        self.node.create_subscription(DiagnosticArray, '/diagnostics', on_diagnostics, 10,
+                                      event_callbacks=no_event_callbacks())
 
     def wait_active(self, runner: subprocess.Popen, timeout: float) -> None:
         """Until the localizer reports active (lifecycle get_state), or a clear error."""

@@ -5,6 +5,8 @@ A thin adapter around :class:`imposing_ros.localization.localizer.Localizer` (no
 * ``on_configure`` reads the parameters and loads the model (a missing or broken checkpoint
   fails the transition with one error; the node stays unconfigured and can be configured again);
   ``on_activate`` subscribes; ``on_deactivate`` unsubscribes; ``on_cleanup`` frees the model.
+* No subscription has QoS event handlers, not even rclpy's ``/clock`` one under ``use_sim_time``
+  (:mod:`imposing_ros.nodes.events`: with them the executor spins and starves inference).
 * Images arrive with sensor-data QoS (depth 1) in the input callback group, which only keeps the
   newest message in a one-slot mailbox (an overwritten frame counts as skipped) and wakes the
   inference callback group through a guard condition. Inference therefore always works on the
@@ -46,7 +48,6 @@ import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.duration import Duration
-from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import (
@@ -75,6 +76,7 @@ from imposing_ros.nodes.conversions import (  # noqa: F401 (re-exported for the 
     matrix_to_pose_msg,
     pose_msg_to_matrix,
 )
+from imposing_ros.nodes.events import QuietSubscriptions
 from imposing_ros.nodes.image_conversion import BACKEND as IMAGE_BACKEND
 from imposing_ros.nodes.image_conversion import ImageConversionError, message_to_rgb
 from imposing_ros.nodes.node_set import default_model
@@ -271,7 +273,7 @@ class _Stats:
         return list(self.done)
 
 
-class LocalizerNode(LifecycleNode):
+class LocalizerNode(QuietSubscriptions, LifecycleNode):
     """ImPosing localizer as a lifecycle node (module docstring)."""
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs):
@@ -286,7 +288,14 @@ class LocalizerNode(LifecycleNode):
         self._settings: Settings | None = None
         self._stats = _Stats()
         self._entities = []  # (destroy function, entity) of configure-time entities
-        self._subscriptions = []
+        # Not ``_subscriptions``: that is rclpy Node's own list, which the executor waits on.
+        # Reassigning it (as this node once did) dropped rclpy's /clock subscription under
+        # use_sim_time: /clock was never taken (the node's sim time stayed 0) while its QoS event
+        # handlers, still waited on, saw unread data (demo: 1,700-3,400 executor wake-ups/s,
+        # 270-1,350/s once /clock was taken again; imposing_ros.nodes.events). It also made
+        # ``_unsubscribe`` skip every other subscription (destroy_subscription removed from the
+        # list being iterated).
+        self._active_subscriptions = []
         self._reset_state()
 
     # --- parameters ---------------------------------------------------------------------------
@@ -390,15 +399,13 @@ class LocalizerNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Subscribe to images, the prior and the initial pose."""
         s = self._settings
-        # No QoS event handlers on the image subscription: with rmw_fastrtps, any of them
-        # (rclpy's default incompatible-QoS ones, message_lost) makes the MultiThreadedExecutor
-        # wake in a loop while high-rate images arrive (measured at 200 Hz of images: ~1,300
-        # empty wake-ups/s, one core busy, inference 20x slower; none without handlers).
-        events = SubscriptionEventCallbacks(use_default_callbacks=False)
+        # Like every subscription of this node, no QoS event handlers (QuietSubscriptions): with
+        # them the executor wakes in a loop while images arrive (measured at 200 Hz of images:
+        # ~1,300 empty wake-ups/s, one core busy, inference 20x slower; none without handlers).
         image = self.create_subscription(
             CompressedImage if s.image_transport == 'compressed' else Image,
             self._image_topic(s), self._on_image, qos_profile_sensor_data,
-            callback_group=self._input_group, event_callbacks=events)
+            callback_group=self._input_group)
         # Best effort, depth 1: only the newest prior matters, and it matches both reliable and
         # best-effort publishers.
         latest = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.BEST_EFFORT,
@@ -413,7 +420,7 @@ class LocalizerNode(LifecycleNode):
             QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
                        durability=QoSDurabilityPolicy.VOLATILE),
             callback_group=self._input_group)
-        self._subscriptions = [image, prior, initial]
+        self._active_subscriptions = [image, prior, initial]
         self.get_logger().info('active')
         return super().on_activate(state)
 
@@ -436,9 +443,9 @@ class LocalizerNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _unsubscribe(self):
-        for sub in self._subscriptions:
+        for sub in self._active_subscriptions:
             self.destroy_subscription(sub)
-        self._subscriptions = []
+        self._active_subscriptions = []
         with self._lock:
             self._slot = None
 
@@ -767,7 +774,7 @@ class LocalizerNode(LifecycleNode):
                        'image conversion': IMAGE_BACKEND or 'none', 'model': s.model_path})
         status = DiagnosticStatus(name=f'{self.get_name()}: localization',
                                   hardware_id=f'{s.backend}:{self._device}')
-        active = bool(self._subscriptions)
+        active = bool(self._active_subscriptions)
         if not active:
             status.level, status.message = DiagnosticStatus.WARN, 'inactive'
         elif not window:

@@ -15,6 +15,8 @@ docstring gives the state, the noise model and how late measurements are handled
 * QoS: odometry and poses RELIABLE (a lost fix or odometry increment is lost information; depth
   50 odometry absorbs bursts), the prior latched. One MutuallyExclusiveCallbackGroup for every
   input and timer: the filter is not thread-safe, and the work per message is microseconds.
+  No subscription has QoS event handlers, ``/clock`` included (:mod:`imposing_ros.nodes.events`:
+  with them the executor spins on every message and starves the localizer in the same process).
 * Time: a backward jump of the ROS clock (``use_sim_time`` and a looping bag) or of the odometry
   stamps resets the filter. ``filter.*`` parameters take effect at once when set; topics,
   frames and rates are read at start.
@@ -51,6 +53,7 @@ from imposing_ros.nodes.conversions import (
     pose_with_covariance_msg,
     stamp_to_ns,
 )
+from imposing_ros.nodes.events import QuietSubscriptions
 
 try:  # tf2_ros exists on a ROS install only (ENVIRONMENT.md); without it there is no /tf.
     from geometry_msgs.msg import TransformStamped
@@ -122,7 +125,7 @@ PARAMETERS = (
 ) + _FILTER_ROWS
 
 
-class MotionFilterNode(Node):
+class MotionFilterNode(QuietSubscriptions, Node):
     """The motion filter as a node (module docstring)."""
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs):
