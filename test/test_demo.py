@@ -22,6 +22,7 @@ from test_localizer_node import build_tiny_checkpoint  # noqa: E402
 
 from imposing_ros.geometry import matrix_to_quat_xyzw, T_camera_optical  # noqa: E402
 from imposing_ros.nodes.demo import BagInfo, demo_parameters, summarize  # noqa: E402
+from imposing_ros.runtime.backends import DEFAULT_BACKEND, resolve_backend_name  # noqa: E402
 
 FRAMES = 30
 START_NS = 1_000 * 1_000_000_000
@@ -169,7 +170,7 @@ def test_demo_end_to_end(tiny_bag):
     assert summary['poses_with_truth'] == summary['poses']
     assert math.isfinite(summary['median_error_m'])
     assert summary['latency_ms']['p50'] > 0
-    assert summary['localizer backend'] == 'torch'
+    assert summary['localizer backend'] == resolve_backend_name(DEFAULT_BACKEND, 'cpu')
 
 
 def test_demo_without_model_fails_clearly(tmp_path):

@@ -80,6 +80,12 @@ from imposing_ros.nodes.events import QuietSubscriptions
 from imposing_ros.nodes.image_conversion import BACKEND as IMAGE_BACKEND
 from imposing_ros.nodes.image_conversion import ImageConversionError, message_to_rgb
 from imposing_ros.nodes.node_set import default_model
+from imposing_ros.runtime.backends import (
+    BACKENDS,
+    DEFAULT_BACKEND,
+    DEFAULT_INDUCTOR,
+    INDUCTOR_CHOICES,
+)
 
 try:  # tf2_ros exists on a ROS install only (ENVIRONMENT.md); without it there is no /tf.
     from geometry_msgs.msg import TransformStamped
@@ -89,7 +95,6 @@ except ImportError:  # pragma: no cover - depends on the installation
 
 NODE_NAME = 'imposing_localizer'
 DEVICES = ('auto', 'cpu', 'cuda')
-BACKENDS = ('torch',)
 TRANSPORTS = ('raw', 'compressed')
 # How long the inference thread waits for odom->base_link at an image stamp.
 TF_LOOKUP_TIMEOUT_S = 0.1
@@ -160,7 +165,14 @@ PARAMETERS = (
     ('scene', '', 'scene of a multi-scene checkpoint (empty: its only/first scene)', None),
     ('device', 'auto', 'inference device: auto (cuda if available, else cpu), cpu, cuda, cuda:N',
      _device),
-    ('backend', 'torch', 'inference backend: torch (eager PyTorch)', params.one_of(BACKENDS)),
+    ('backend', DEFAULT_BACKEND, 'inference backend: auto (tensorrt on CUDA when torch-tensorrt '
+     'imports, else torch-fp16; on a CPU torch-bf16 where it runs bf16 natively, else torch), '
+     'torch (fp32), torch-bf16, torch-fp16, tensorrt', params.one_of(BACKENDS)),
+    ('inductor', DEFAULT_INDUCTOR, 'compile the torch backends with inductor (first configure '
+     'takes seconds longer): auto (on a CPU with a C++ compiler), on, off',
+     params.one_of(INDUCTOR_CHOICES)),
+    ('engine_cache', '', "folder of the tensorrt backend's compiled programs (imposing-ros "
+     'export --format tensorrt); empty: ~/.cache/imposing_ros/tensorrt', None),
     ('image_topic', 'camera/image_raw',
      'raw image topic; with image_transport compressed, <image_topic>/compressed is used',
      params.nonempty),
@@ -179,6 +191,11 @@ PARAMETERS = (
     ('search.sigma', [8.0, 8.0, 0.2, 1.0, 1.0, 5.0],
      'proposer standard deviation at level 1: x, y, z (m), roll, pitch, yaw (deg)',
      params.finite_list(6, nonnegative=True)),
+    ('search.converge_m', 0.0, 'early stop: refinement ends when the top candidates moved less '
+     'than this (m) and converge_deg between levels; 0: always run every level',
+     params.at_least(0.0)),
+    ('search.converge_deg', 0.0, 'early stop: rotation tolerance (deg); 0: no rotation test',
+     params.at_least(0.0)),
     ('min_score', 0.5, 'best score in [0, 1] under which no pose is published (next frame '
      'searches globally)', params.in_range(0.0, 1.0)),
     ('max_rate', 0.0, 'most frames processed per second (Hz); 0: as fast as possible',
@@ -357,7 +374,7 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
             self.get_logger().info('tf2_ros is not installed: map->odom is not published')
         self.get_logger().info(
             f'configured: model {settings.model_path or default_model()} on {device} '
-            f'({settings.backend}), '
+            f'(backend {self._localizer.backend_name}), '
             f'{settings.search_num_candidates} candidates x {settings.search_levels} levels, '
             f'images from {self._image_topic(settings)} ({IMAGE_BACKEND})')
         return TransitionCallbackReturn.SUCCESS
@@ -386,11 +403,14 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
             search=SearchConfig(num_candidates=settings.search_num_candidates,
                                 levels=settings.search_levels, top_k=settings.search_top_k,
                                 num_average=settings.search_num_average,
-                                sigma=tuple(settings.search_sigma)),
+                                sigma=tuple(settings.search_sigma),
+                                converge_m=settings.search_converge_m,
+                                converge_deg=settings.search_converge_deg),
             tracking_levels=settings.tracking_levels,
             tracking_min_sigma=tuple(settings.tracking_min_sigma), seed=settings.seed)
-        localizer = Localizer.from_checkpoint(model_path, settings.scene or None,
-                                              config, device)
+        localizer = Localizer.from_checkpoint(model_path, settings.scene or None, config, device,
+                                              settings.backend, settings.inductor,
+                                              settings.engine_cache or None)
         # One warm-up frame: the first real frame then has representative latency.
         height, width = localizer.image_size
         localizer.localize(np.zeros((height, width, 3), np.uint8))
@@ -770,10 +790,11 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
             values.update({'latency median (ms)': float(np.median(processing)),
                            'latency p95 (ms)': float(np.percentile(processing, 95)),
                            'stamp age at publish median (ms)': float(np.median(age))})
-        values.update({'backend': s.backend, 'device': self._device,
+        backend = self._localizer.backend_name if self._localizer else s.backend
+        values.update({'backend': backend, 'device': self._device,
                        'image conversion': IMAGE_BACKEND or 'none', 'model': s.model_path})
         status = DiagnosticStatus(name=f'{self.get_name()}: localization',
-                                  hardware_id=f'{s.backend}:{self._device}')
+                                  hardware_id=f'{backend}:{self._device}')
         active = bool(self._active_subscriptions)
         if not active:
             status.level, status.message = DiagnosticStatus.WARN, 'inactive'
