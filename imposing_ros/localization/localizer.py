@@ -20,8 +20,10 @@ from imposing_ros.geometry import check_poses, perturb_poses
 from imposing_ros.localization.search import (
     draw_noise,
     hierarchical_search,
+    level0_scores,
     SearchConfig,
     SearchResult,
+    unit_codes,
 )
 from imposing_ros.model.checkpoint import load_model
 from imposing_ros.model.imposing import ImPosing
@@ -140,6 +142,7 @@ class Localizer:
         self.initial_poses = initial_poses.float().to(self.device)
         with torch.no_grad():
             self.initial_codes = self.backend.encode_poses(self.initial_poses)
+            self.initial_unit = unit_codes(self.initial_codes)
         # The noise of a global search depends on the seed only (the same image gives the same
         # pose): drawn once here, not per frame.
         self._global_noise = draw_noise(self.config.search, 1, self._generator(), self.device)
@@ -148,7 +151,7 @@ class Localizer:
                 and not self.config.search.early_stop):
             from imposing_ros.runtime.graphs import try_capture
 
-            self._graph = try_capture(self.backend, self.initial_poses, self.initial_codes,
+            self._graph = try_capture(self.backend, self.initial_poses, self.initial_unit,
                                       self.config.search, self._global_noise, model.config.dim)
 
     def _generator(self) -> torch.Generator:
@@ -201,15 +204,17 @@ class Localizer:
         timings['preprocess'] = 1e3 * (t1 - t0)
         timings['image_encoder'] = 1e3 * (t2 - t1)
         cfg = self.config
+        initial_scores = None
         if prior_pose is None:
             mode, search, noise = 'global', cfg.search, self._global_noise
-            initial, initial_codes = self.initial_poses, self.initial_codes
+            initial = self.initial_poses
+            if self._graph is None:
+                initial_scores = level0_scores(image_codes, self.initial_unit)
         else:
             mode = 'tracking'
             search = replace(cfg.search, levels=cfg.tracking_levels)
             generator = self._generator()
             initial = self.prior_candidates(prior_pose, prior_covariance, search, generator)
-            initial_codes = None
             noise = draw_noise(search, 1, generator, self.device)
             stage('prior_candidates')
         backend = self.backend
@@ -218,8 +223,8 @@ class Localizer:
             stage('search (CUDA graph)')
         else:
             result = hierarchical_search(image_codes, backend.encode_poses, initial, search,
-                                         noise, initial_codes=initial_codes, score=backend.score,
-                                         sample=backend.sample, on_stage=on_stage)
+                                         noise, score=backend.score, sample=backend.sample,
+                                         on_stage=on_stage, initial_scores=initial_scores)
         self._sync()
         timings['search'] = 1e3 * (time.perf_counter() - t2)
         timings['total'] = 1e3 * (time.perf_counter() - t0)

@@ -156,6 +156,22 @@ def level_sigmas(config: SearchConfig, levels: int) -> torch.Tensor:
     return torch.stack([config.level_sigma(level) for level in range(1, levels)])
 
 
+def unit_codes(codes: torch.Tensor) -> torch.Tensor:
+    """Codes ``[M, d]`` scaled to unit length, float32: cached once for :func:`level0_scores`."""
+    return torch.nn.functional.normalize(codes.float(), dim=-1)
+
+
+def level0_scores(image_codes: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
+    """Eq. 1 against cached unit codes ``[M, d]``: one product, ``[B, M]``.
+
+    Equal to :func:`~imposing_ros.model.encoders.similarity` without normalising the ``M``
+    codes on every frame (for a level-0 set of all reference poses that pass costs more than
+    the product).
+    """
+    image = torch.nn.functional.normalize(image_codes.float(), dim=-1)
+    return (image @ unit.transpose(0, 1)).relu()
+
+
 def gather_poses(poses: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Poses ``[B, N, 7]`` picked by ``index [B, M]`` -> ``[B, M, 7]``."""
     return torch.gather(poses, 1, index[..., None].expand(*index.shape, poses.shape[-1]))
@@ -169,8 +185,9 @@ def hierarchical_search(image_codes: torch.Tensor,
                         initial_codes: torch.Tensor | None = None,
                         score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                         on_stage: Callable[[str], None] | None = None,
-                                        sample: Callable[..., torch.Tensor] | None = None,
+                        sample: Callable[..., torch.Tensor] | None = None,
                         sigmas: torch.Tensor | None = None,
+                        initial_scores: torch.Tensor | None = None,
                         ) -> SearchResult:
     """Localize ``B`` images by scoring candidates level by level.
 
@@ -190,6 +207,9 @@ def hierarchical_search(image_codes: torch.Tensor,
         sample: :func:`sample_mixture` or an equivalent (e.g. a compiled one, from a backend).
         sigmas: ``[K - 1, 6]`` proposer deviations of levels 1.. on the device (default: from
             ``config``); passing them keeps host-to-device copies out of a captured CUDA graph.
+        initial_scores: ``[B, N]`` level-0 scores of shared ``initial_poses``, computed by the
+            caller from unit codes cached once (:func:`level0_scores`); replaces
+            ``initial_codes`` and ``score`` at level 0.
 
     Returns:
         :class:`SearchResult`.
@@ -201,8 +221,11 @@ def hierarchical_search(image_codes: torch.Tensor,
     stage = on_stage or (lambda name: None)
     batch = image_codes.shape[0]
     if initial_poses.ndim == 2:
-        codes = encode_poses(initial_poses) if initial_codes is None else initial_codes
-        scores = score(image_codes, codes)
+        if initial_scores is not None:
+            scores = initial_scores
+        else:
+            codes = encode_poses(initial_poses) if initial_codes is None else initial_codes
+            scores = score(image_codes, codes)
         candidates = initial_poses.expand(batch, *initial_poses.shape)
     else:
         candidates = initial_poses

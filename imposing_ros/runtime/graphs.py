@@ -21,6 +21,7 @@ import torch
 
 from imposing_ros.localization.search import (
     hierarchical_search,
+    level0_scores,
     level_sigmas,
     SearchConfig,
     SearchNoise,
@@ -34,12 +35,14 @@ LOGGER = logging.getLogger('imposing_ros.runtime')
 class GraphedSearch:
     """A global search of one image, captured once, replayed per frame.
 
+    ``initial_unit [M, d]``: unit codes of ``initial_poses``
+    (:func:`~imposing_ros.localization.search.unit_codes`).
     ``search(image_codes [1, d]) -> SearchResult`` (tensors owned by the graph: copy them before
     the next call).
     """
 
     def __init__(self, backend: Backend, initial_poses: torch.Tensor,
-                 initial_codes: torch.Tensor, config: SearchConfig, noise: SearchNoise,
+                 initial_unit: torch.Tensor, config: SearchConfig, noise: SearchNoise,
                  dim: int, warmup: int = 3):
         device = initial_poses.device
         if device.type != 'cuda':
@@ -52,8 +55,9 @@ class GraphedSearch:
 
         def run() -> SearchResult:
             return hierarchical_search(self.codes, backend.encode_poses, initial_poses, config,
-                                       noise, initial_codes=initial_codes, score=backend.score,
-                                       sample=backend.sample, sigmas=sigmas)
+                                       noise, score=backend.score, sample=backend.sample,
+                                       sigmas=sigmas,
+                                       initial_scores=level0_scores(self.codes, initial_unit))
 
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
