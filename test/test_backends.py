@@ -159,3 +159,13 @@ def test_cuda_graph_search_gives_the_eager_result(model):
     assert np.abs(a.pose[:3] - b.pose[:3]).max() < 1e-3 and abs(a.score - b.score) < 1e-4
     again = graphed.localize(image)  # replays give the same answer
     assert np.array_equal(again.pose, a.pose)
+
+
+def test_preprocess_gives_one_layout_for_any_input_size():
+    # A compiled image encoder is rebuilt (about a second) for a new memory layout: an image
+    # that needs no resizing must come out laid out like a resized one.
+    from imposing_ros.localization.localizer import preprocess
+
+    exact = preprocess(np.zeros((48, 80, 3), np.uint8), (48, 80))
+    resized = preprocess(np.zeros((120, 160, 3), np.uint8), (48, 80))
+    assert exact.shape == resized.shape and exact.stride() == resized.stride()

@@ -48,7 +48,9 @@ def preprocess(image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     if tuple(tensor.shape[-2:]) != tuple(size):
         tensor = torch.nn.functional.interpolate(tensor, size=size, mode='bilinear',
                                                  antialias=True, align_corners=False)
-    return tensor
+    # One memory layout whatever the input size: a compiled image encoder (inductor) would
+    # otherwise be rebuilt, for about a second, when an image needs no resizing.
+    return tensor.contiguous()
 
 
 @torch.no_grad()

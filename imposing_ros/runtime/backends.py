@@ -219,14 +219,15 @@ class TorchBackend(Backend):
         """``images [B, 3, H, W]`` -> float32 codes ``[B, d]``."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f'images must be [B, 3, H, W], got {tuple(images.shape)}')
-        return self._image(images.to(self.device))
+        # One layout for the compiled module: a new one would make inductor rebuild it.
+        return self._image(images.to(self.device).contiguous())
 
     @torch.no_grad()
     def encode_poses(self, poses: torch.Tensor) -> torch.Tensor:
         """Poses in metres ``[..., 7]`` -> codes ``[..., d]`` in the compute dtype."""
         if poses.shape[-1] != 7:
             raise ValueError(f'poses must be [..., 7], got {tuple(poses.shape)}')
-        return self._pose(poses)
+        return self._pose(poses.contiguous())
 
     def score(self, image_codes: torch.Tensor, pose_codes: torch.Tensor) -> torch.Tensor:
         """Eq. 1 in float32."""
