@@ -25,10 +25,10 @@ Backends (``select_backend`` names):
     where oneDNN runs bf16 natively (AVX-512 BF16 or AMX), else torch fp32. The choice is logged.
 
 CPU runtimes (OpenVINO, ONNX Runtime) are not included: the project admits one only if it beats
-torch bf16 by 1.3x end to end, and on the project's CPU OpenVINO bf16 was measured at 13.8 ms
-for the ResNet34 (torch bf16 here: 19.2 ms) and 5.5 ms for the pose MLP on 4096 candidates
-(torch bf16: 5.8 ms); the pose MLP runs five times per frame, so the whole frame would gain
-about 1.1x (figures and command in the README, "Benchmark").
+torch bf16 by 1.3x end to end. Measured on the project's CPU (``imposing-ros bench --openvino``,
+2 threads, bf16): OpenVINO 12.0 ms for the ResNet34 against 17-18 ms for torch with inductor,
+but 7.3 ms for the pose encoder on 4096 candidates against 5.3-5.7 ms; a frame runs the pose
+encoder five times, so OpenVINO would not be faster (figures in the README).
 """
 
 from __future__ import annotations
