@@ -44,7 +44,9 @@ def preprocess(image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
         raise ValueError(f'image must be uint8, got {image.dtype}')
     if min(image.shape[:2]) < 8:
         raise ValueError(f'image is too small: {image.shape[1]}x{image.shape[0]} pixels')
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255
+    # np.require copies read-only arrays (decoded images often are): torch wants writable memory.
+    array = np.require(image, requirements=['C_CONTIGUOUS', 'WRITEABLE'])
+    tensor = torch.from_numpy(array).permute(2, 0, 1)[None].float() / 255
     if tuple(tensor.shape[-2:]) != tuple(size):
         tensor = torch.nn.functional.interpolate(tensor, size=size, mode='bilinear',
                                                  antialias=True, align_corners=False)
