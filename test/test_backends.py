@@ -169,3 +169,18 @@ def test_preprocess_gives_one_layout_for_any_input_size():
     exact = preprocess(np.zeros((48, 80, 3), np.uint8), (48, 80))
     resized = preprocess(np.zeros((120, 160, 3), np.uint8), (48, 80))
     assert exact.shape == resized.shape and exact.stride() == resized.stride()
+
+
+def test_tensorrt_cache_key_follows_weights_shapes_and_target(model):
+    from imposing_ros.runtime.backends import PreparedPoseEncoder
+    from imposing_ros.runtime.tensorrt import cache_key
+
+    net = PreparedPoseEncoder(model, 'bench', torch.float16)  # holds 0-d buffers too
+    poses = torch.zeros(1, 256, 7)
+    key = cache_key(net, poses, 'gpu A')
+    assert key == cache_key(net, poses, 'gpu A')
+    assert key != cache_key(net, poses, 'gpu B')
+    assert key != cache_key(net, torch.zeros(1, 512, 7), 'gpu A')
+    with torch.no_grad():
+        net.weights[0][0, 0] += 1
+    assert key != cache_key(net, poses, 'gpu A')

@@ -50,18 +50,27 @@ def import_torch_tensorrt():
         return None
 
 
-def cache_key(module: torch.nn.Module, example: torch.Tensor, device: torch.device) -> str:
-    """Hash of the weights, input shape/dtype, GPU and library versions of one engine."""
-    trt = import_torch_tensorrt()
+def cache_key(module: torch.nn.Module, example: torch.Tensor, target: str) -> str:
+    """Hash of the weights and input shape/dtype of one engine, and of ``target``.
+
+    ``target`` names what else an engine depends on: GPU, compute capability and library
+    versions (:func:`target_description`).
+    """
     digest = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    parts = [str(tuple(example.shape)), str(example.dtype), torch.__version__,
-             getattr(trt, '__version__', 'none'), torch.cuda.get_device_name(device),
-             '.'.join(map(str, torch.cuda.get_device_capability(device)))]
-    digest.update('|'.join(parts).encode())
+        flat = tensor.detach().cpu().contiguous().reshape(-1)  # 0-d buffers included
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    digest.update(f'{tuple(example.shape)}|{example.dtype}|{target}'.encode())
     return digest.hexdigest()[:32]
+
+
+def target_description(device: torch.device) -> str:
+    """GPU name, compute capability, torch and torch-tensorrt versions (CUDA only)."""
+    trt = import_torch_tensorrt()
+    capability = '.'.join(map(str, torch.cuda.get_device_capability(device)))
+    return (f'{torch.cuda.get_device_name(device)}|sm{capability}|torch {torch.__version__}|'
+            f'torch-tensorrt {getattr(trt, "__version__", "none")}')
 
 
 def compile_cached(module: torch.nn.Module, example: torch.Tensor, cache_dir: Path,
@@ -70,7 +79,8 @@ def compile_cached(module: torch.nn.Module, example: torch.Tensor, cache_dir: Pa
     trt = import_torch_tensorrt()
     if trt is None:
         raise RuntimeError('the tensorrt backend needs CUDA and torch-tensorrt')
-    path = Path(cache_dir) / f'{name}-{cache_key(module, example, example.device)}.ep'
+    key = cache_key(module, example, target_description(example.device))
+    path = Path(cache_dir) / f'{name}-{key}.ep'
     if path.is_file():
         LOGGER.info('loading TensorRT program %s', path)
         return torch.export.load(str(path)).module()
@@ -78,7 +88,7 @@ def compile_cached(module: torch.nn.Module, example: torch.Tensor, cache_dir: Pa
     compiled = trt.compile(module, ir='dynamo', arg_inputs=[example], use_explicit_typing=True,
                            min_block_size=1)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix('.tmp')
+    tmp = path.with_name(f'.{path.name}')  # same .ep suffix: save picks the format by it
     trt.save(compiled, str(tmp), arg_inputs=[example])
     tmp.replace(path)  # never leave half a program under the real name
     return compiled
