@@ -148,3 +148,25 @@ def test_every_reference_pose_at_level0_halves_the_error(grid_map):
     assert et_all.median() < 0.75 and (et_all < 5.0).all()
     assert et_all.median() < 0.7 * et_4k.median()
     assert er_all.max() < 1.0
+
+
+def test_precomputed_level0_scores_and_sigmas_give_the_same_search():
+    # What the localizer and the CUDA graph pass in (cached unit codes, device sigmas) must not
+    # change the search.
+    from imposing_ros.localization.search import level0_scores, level_sigmas, unit_codes
+
+    g = torch.Generator().manual_seed(3)
+    net = torch.nn.Sequential(torch.nn.Linear(7, 32), torch.nn.ReLU(), torch.nn.Linear(32, 16))
+    initial = street_grid()[torch.randperm(44000, generator=g)[:512]]
+    images = torch.randn(2, 16, generator=g)
+    config = SearchConfig(num_candidates=512, levels=4, top_k=16, num_average=32)
+    noise = draw_noise(config, 2, g)
+    with torch.no_grad():
+        encode = lambda p: net(p / 1000.0)  # noqa: E731
+        plain = hierarchical_search(images, encode, initial, config, noise)
+        given = hierarchical_search(images, encode, initial, config, noise,
+                                    sigmas=level_sigmas(config, config.levels),
+                                    initial_scores=level0_scores(images,
+                                                                 unit_codes(encode(initial))))
+    assert torch.allclose(plain.pose, given.pose, atol=1e-5)
+    assert torch.allclose(plain.candidate_scores, given.candidate_scores, atol=1e-6)
