@@ -223,6 +223,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--inductor', default=DEFAULT_INDUCTOR, choices=INDUCTOR_CHOICES,
                         help='compile the torch backends with inductor (auto: on a CPU with a '
                         'C++ compiler)')
+    parser.add_argument('--backbone', default=ModelConfig.backbone,
+                        help=f'random model: image backbone (default {ModelConfig.backbone})')
+    parser.add_argument('--pose-layers', type=int, default=ModelConfig.pose_layers,
+                        help=f'random model: pose MLP layers (default {ModelConfig.pose_layers})')
     parser.add_argument('--candidates', type=int, default=4096, help='N (default 4096)')
     parser.add_argument('--levels', type=int, default=6, help='K (default 6)')
     parser.add_argument('--mode', default='global', choices=('global', 'tracking'))
@@ -264,7 +268,11 @@ def run(args: argparse.Namespace) -> int:
     if args.data and not args.model:
         raise ValueError('--data needs --model (a trained checkpoint)')
     torch.set_num_threads(args.threads)
-    model = load_model(args.model)[0] if args.model else random_model(ModelConfig(), 10000)
+    if args.model:
+        model = load_model(args.model)[0]
+    else:
+        model = random_model(ModelConfig(backbone=args.backbone, pose_layers=args.pose_layers),
+                             10000)
     search = replace(SearchConfig(), num_candidates=args.candidates, levels=args.levels,
                      top_k=min(100, args.candidates), num_average=min(256, args.candidates),
                      converge_m=args.converge_m, converge_deg=args.converge_deg)
