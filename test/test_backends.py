@@ -105,7 +105,7 @@ def test_localizer_accepts_a_larger_level0_set(model):
     bigger = torch.cat([reference, reference[:1000]])  # M = 5096 level-0 poses, N = 256 after
     localizer = Localizer(model, config=LocalizerConfig(search=SEARCH), backend='torch',
                           initial_poses=bigger)
-    assert localizer.initial_codes.shape == (len(bigger), TINY.dim)
+    assert localizer.initial_unit.shape == (len(bigger), TINY.dim)
     stages = []
     result = localizer.localize(np.zeros((48, 80, 3), np.uint8), on_stage=stages.append)
     assert np.isfinite(result.pose).all() and result.levels == SEARCH.levels

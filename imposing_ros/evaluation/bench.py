@@ -38,12 +38,7 @@ from imposing_ros.localization.search import SearchConfig
 from imposing_ros.model.checkpoint import load_model, save_checkpoint
 from imposing_ros.model.encoders import ModelConfig
 from imposing_ros.model.imposing import ImPosing
-from imposing_ros.runtime.backends import (
-    BACKENDS,
-    DEFAULT_BACKEND,
-    DEFAULT_INDUCTOR,
-    INDUCTOR_CHOICES,
-)
+from imposing_ros.runtime.backends import add_backend_arguments
 from imposing_ros.training.trainer import build_scene_map
 from imposing_ros.utils import atomic_write_text
 
@@ -123,13 +118,20 @@ def benchmark(localizer: Localizer, frames: int = 30, warmup: int = 5,
     return out
 
 
+def _candidate_batch(localizer: Localizer) -> torch.Tensor:
+    """``[1, N, 7]`` poses picked evenly from the level-0 set, whatever its size."""
+    initial = localizer.initial_poses
+    index = torch.linspace(0, len(initial) - 1, localizer.config.search.num_candidates)
+    return initial[index.round().long().to(initial.device)][None]
+
+
 def hardware_floor(localizer: Localizer, repeats: int = 20) -> dict:
     """Best isolated image-encoder time + K x best isolated pose-encoder time (N candidates)."""
     backend, device = localizer.backend, localizer.device
     search = localizer.config.search
     height, width = localizer.image_size
     images = torch.rand((1, 3, height, width), device=device)
-    poses = localizer.initial_poses[None, :search.num_candidates]
+    poses = _candidate_batch(localizer)
 
     def run(fn):
         def call():
@@ -197,7 +199,7 @@ def openvino_comparison(model: ImPosing, localizer: Localizer, repeats: int = 20
 
     height, width = localizer.image_size
     images = torch.rand((1, 3, height, width))
-    poses = localizer.initial_poses[None, :localizer.config.search.num_candidates].cpu()
+    poses = _candidate_batch(localizer).cpu()
     core = ov.Core()
     settings = {'INFERENCE_PRECISION_HINT': 'bf16', 'PERFORMANCE_HINT': 'LATENCY',
                 'INFERENCE_NUM_THREADS': torch.get_num_threads()}
@@ -218,11 +220,7 @@ def openvino_comparison(model: ImPosing, localizer: Localizer, repeats: int = 20
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``imposing-ros bench``."""
     parser.add_argument('--model', help='checkpoint to time (default: a random paper model)')
-    parser.add_argument('--backend', default=DEFAULT_BACKEND, choices=BACKENDS,
-                        help=f'inference backend (default {DEFAULT_BACKEND})')
-    parser.add_argument('--inductor', default=DEFAULT_INDUCTOR, choices=INDUCTOR_CHOICES,
-                        help='compile the torch backends with inductor (auto: on a CPU with a '
-                        'C++ compiler)')
+    add_backend_arguments(parser)
     parser.add_argument('--backbone', default=ModelConfig.backbone,
                         help=f'random model: image backbone (default {ModelConfig.backbone})')
     parser.add_argument('--pose-layers', type=int, default=ModelConfig.pose_layers,
@@ -281,8 +279,9 @@ def run(args: argparse.Namespace) -> int:
     if args.level0 and args.level0.isdigit():
         initial = torch.from_numpy(random_poses(int(args.level0), seed=1)).float()
     elif args.level0:
-        initial = torch.from_numpy(np.stack([f.pose for f in _load_frames(
-            args.level0, 10 ** 9)])).float()
+        from imposing_ros.data.datasets import open_dataset
+
+        initial = torch.from_numpy(np.asarray(open_dataset(args.level0).poses)).float()
     localizer = Localizer(model, None, config, args.device, args.backend, initial,
                           inductor=args.inductor)
     stages = benchmark(localizer, args.frames, args.warmup, args.mode)

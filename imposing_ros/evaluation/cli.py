@@ -20,10 +20,9 @@ from tqdm import tqdm
 from imposing_ros.evaluation.metrics import format_summary, pose_errors, summarize
 from imposing_ros.localization.localizer import Localizer, LocalizerConfig
 from imposing_ros.runtime.backends import (
-    BACKENDS,
+    add_backend_arguments,
     DEFAULT_BACKEND,
     DEFAULT_INDUCTOR,
-    INDUCTOR_CHOICES,
 )
 from imposing_ros.utils import atomic_write_text
 
@@ -62,10 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--candidates', type=int, help='candidates per level (default 4096)')
     parser.add_argument('--levels', type=int, help='levels (default 6)')
     parser.add_argument('--device', default='cpu')
-    parser.add_argument('--backend', default=DEFAULT_BACKEND, choices=BACKENDS,
-                        help=f'inference backend (default {DEFAULT_BACKEND})')
-    parser.add_argument('--inductor', default=DEFAULT_INDUCTOR, choices=INDUCTOR_CHOICES,
-                        help='compile the torch backends with inductor (default auto)')
+    add_backend_arguments(parser)
     parser.add_argument('--json', help='write the summary here')
     parser.add_argument('--csv', help='write per-frame estimates here')
 

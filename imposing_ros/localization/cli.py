@@ -16,10 +16,9 @@ from tqdm import tqdm
 from imposing_ros.data.plain import load_rgb
 from imposing_ros.localization.localizer import Localizer
 from imposing_ros.runtime.backends import (
-    BACKENDS,
+    add_backend_arguments,
     DEFAULT_BACKEND,
     DEFAULT_INDUCTOR,
-    INDUCTOR_CHOICES,
 )
 from imposing_ros.utils import atomic_write_text
 
@@ -54,10 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--out', required=True, help='CSV to write')
     parser.add_argument('--scene', help='scene of a multi-scene model')
     parser.add_argument('--device', default='cpu')
-    parser.add_argument('--backend', default=DEFAULT_BACKEND, choices=BACKENDS,
-                        help=f'inference backend (default {DEFAULT_BACKEND})')
-    parser.add_argument('--inductor', default=DEFAULT_INDUCTOR, choices=INDUCTOR_CHOICES,
-                        help='compile the torch backends with inductor (default auto)')
+    add_backend_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -144,9 +144,8 @@ class Localizer:
                 initial_poses = initial_poses[index]
         check_poses(initial_poses, 'initial_poses')
         self.initial_poses = initial_poses.float().to(self.device)
-        with torch.no_grad():
-            self.initial_codes = self.backend.encode_poses(self.initial_poses)
-            self.initial_unit = unit_codes(self.initial_codes)
+        with torch.no_grad():  # unit codes only: level 0 is one product with them per frame
+            self.initial_unit = unit_codes(self.backend.encode_poses(self.initial_poses))
         # The noise of a global search depends on the seed only (the same image gives the same
         # pose): drawn once here, not per frame.
         self._global_noise = draw_noise(self.config.search, 1, self._generator(), self.device)

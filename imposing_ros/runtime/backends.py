@@ -243,6 +243,15 @@ class TorchBackend(Backend):
                 'inductor': self.inductor, 'threads': torch.get_num_threads()}
 
 
+def add_backend_arguments(parser) -> None:
+    """``--backend`` and ``--inductor`` of the command-line tools (one definition)."""
+    parser.add_argument('--backend', default=DEFAULT_BACKEND, choices=BACKENDS,
+                        help=f'inference backend (default {DEFAULT_BACKEND})')
+    parser.add_argument('--inductor', default=DEFAULT_INDUCTOR, choices=INDUCTOR_CHOICES,
+                        help='compile the torch backends with inductor (default auto: on a CPU '
+                        'with a C++ compiler)')
+
+
 def compiler_available() -> bool:
     """Whether inductor can build its CPU kernels here (it needs a C++ compiler)."""
     return any(shutil.which(name) for name in ('g++', 'c++', 'clang++'))
