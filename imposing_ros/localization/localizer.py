@@ -62,12 +62,10 @@ def search_batch(model: ImPosing, images: torch.Tensor, scene: str | None,
     scene = model.default_scene(scene)
     device = images.device
     initial = model.maps[scene].initial_poses.to(device)
-    codes0 = model.encode_poses(initial, scene)
     generator = torch.Generator(device=device).manual_seed(seed)
     noise = draw_noise(search, images.shape[0], generator, device)
     return hierarchical_search(model.encode_images(images, scene),
-                               lambda p: model.encode_poses(p, scene), initial, search, noise,
-                               initial_codes=codes0)
+                               lambda p: model.encode_poses(p, scene), initial, search, noise)
 
 
 @dataclass(frozen=True)

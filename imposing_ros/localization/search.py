@@ -182,7 +182,6 @@ def hierarchical_search(image_codes: torch.Tensor,
                         initial_poses: torch.Tensor,
                         config: SearchConfig,
                         noise: SearchNoise,
-                        initial_codes: torch.Tensor | None = None,
                         score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                         on_stage: Callable[[str], None] | None = None,
                         sample: Callable[..., torch.Tensor] | None = None,
@@ -198,8 +197,6 @@ def hierarchical_search(image_codes: torch.Tensor,
             ``[B, N, 7]`` per image (tracking mode).
         config: search hyperparameters.
         noise: random inputs from :func:`draw_noise` (``levels - 1`` entries are used).
-        initial_codes: precomputed codes of shared ``initial_poses`` ``[N, d]``: they do not
-            depend on the image, so callers compute them once per model.
         score: ``(image_codes [B, d], pose_codes) -> [B, N]``, eq. 1 by default.
         on_stage: called with a stage name after each stage (``level0``, ``level1/sample``,
             ``level1/encode``, ``level1/score``, ...); benchmarks time stages with it. None in
@@ -208,8 +205,8 @@ def hierarchical_search(image_codes: torch.Tensor,
         sigmas: ``[K - 1, 6]`` proposer deviations of levels 1.. on the device (default: from
             ``config``); passing them keeps host-to-device copies out of a captured CUDA graph.
         initial_scores: ``[B, N]`` level-0 scores of shared ``initial_poses``, computed by the
-            caller from unit codes cached once (:func:`level0_scores`); replaces
-            ``initial_codes`` and ``score`` at level 0.
+            caller from unit codes cached once (:func:`level0_scores`: they do not depend on
+            the image); without them level 0 encodes and scores ``initial_poses``.
 
     Returns:
         :class:`SearchResult`.
@@ -221,11 +218,9 @@ def hierarchical_search(image_codes: torch.Tensor,
     stage = on_stage or (lambda name: None)
     batch = image_codes.shape[0]
     if initial_poses.ndim == 2:
-        if initial_scores is not None:
-            scores = initial_scores
-        else:
-            codes = encode_poses(initial_poses) if initial_codes is None else initial_codes
-            scores = score(image_codes, codes)
+        if initial_scores is None:
+            initial_scores = score(image_codes, encode_poses(initial_poses))
+        scores = initial_scores
         candidates = initial_poses.expand(batch, *initial_poses.shape)
     else:
         candidates = initial_poses
