@@ -37,6 +37,9 @@ setup(
         'numpy>=1.24',
         'torch==2.14.1',
         'torchvision==0.29.1',
+        # PT2E int8 quantization of the torch-int8 CPU backend (pure Python wheel; 0.18.0 is the
+        # release checked against torch 2.14.1 here, see imposing_ros/runtime/int8.py).
+        'torchao==0.18.0',
         'roma==1.8.0',
         'transforms3d==0.4.2',
         'rosbags==0.11.9',

@@ -173,7 +173,7 @@ def test_preprocess_gives_one_layout_for_any_input_size():
 
 def test_tensorrt_cache_key_follows_weights_shapes_and_target(model):
     from imposing_ros.runtime.backends import PreparedPoseEncoder
-    from imposing_ros.runtime.tensorrt import cache_key
+    from imposing_ros.runtime.programs import cache_key
 
     net = PreparedPoseEncoder(model, 'bench', torch.float16)  # holds 0-d buffers too
     poses = torch.zeros(1, 256, 7)

@@ -75,3 +75,33 @@ def test_plain_folder_errors(tmp_path):
         PlainFolder(tmp_path)
     with pytest.raises(FileNotFoundError):
         PlainFolder(tmp_path / 'missing')
+
+
+@pytest.mark.slow
+def test_export_int8_then_evaluate_with_its_programs(folders, tmp_path, capsys):
+    root, train, test = folders
+    model = str(root / 'run' / 'last.pt')
+    cache = tmp_path / 'int8'
+    # Calibration images are required, and a refused export writes nothing.
+    assert cli.main(['export', '--model', model, '--format', 'int8', '--out', str(cache)]) == 2
+    assert '--calibration' in capsys.readouterr().err and not cache.exists()
+    assert cli.main(['export', '--model', model, '--format', 'int8', '--calibration', str(train),
+                     '--calibration-frames', '8', '--candidates', '256',
+                     '--out', str(cache)]) == 0
+    assert len(list(cache.glob('*.pt2'))) == 2
+    info = json.loads(next(cache.glob('*.json')).read_text())
+    assert info['calibration_images'] == 8 and info['calibration'] == str(train)
+    summaries = {}
+    for backend in ('torch-int8', 'torch'):
+        out = tmp_path / f'{backend}.json'
+        assert cli.main(['evaluate', '--model', model, '--data', str(test), '--candidates', '256',
+                         '--levels', '3', '--backend', backend, '--engine-cache', str(cache),
+                         '--json', str(out)]) == 0
+        summaries[backend] = json.loads(out.read_text())
+    assert all(s['frames'] == 6 and s['failed'] == 0 for s in summaries.values())
+    # Programs for another candidate count are not there: a clear error, no result file.
+    out = tmp_path / 'n512.json'
+    assert cli.main(['evaluate', '--model', model, '--data', str(test), '--candidates', '512',
+                     '--backend', 'torch-int8', '--engine-cache', str(cache),
+                     '--json', str(out)]) == 2
+    assert 'no int8 programs' in capsys.readouterr().err and not out.exists()

@@ -11,7 +11,8 @@ It reports:
   time for N candidates, measured in the same run, and the floor ratio = frame median / floor;
 * with ``--data`` (and a trained ``--model``): accuracy of the benchmarked backend against fp32
   eager on that validation set (median translation and rotation errors, and how far the two
-  backends' estimates are apart);
+  backends' estimates are apart); ``torch-int8`` is calibrated on ``--calibration`` images
+  (reference images, not ``--data``) or loaded from ``--engine-cache``;
 * with ``--scaling``: frame time and model bytes for maps built from 1k, 10k and 100k reference
   poses (the map is the pose encoder's weights: neither should grow);
 * with ``--openvino``: the OpenVINO comparison behind the choice of CPU runtimes (needs
@@ -29,6 +30,7 @@ import json
 from pathlib import Path
 import tempfile
 import time
+from typing import Callable
 
 import numpy as np
 import torch
@@ -38,7 +40,8 @@ from imposing_ros.localization.search import SearchConfig
 from imposing_ros.model.checkpoint import load_model, save_checkpoint
 from imposing_ros.model.encoders import ModelConfig
 from imposing_ros.model.imposing import ImPosing
-from imposing_ros.runtime.backends import add_backend_arguments
+from imposing_ros.runtime.backends import add_backend_arguments, select_backend
+from imposing_ros.runtime.int8 import DEFAULT_CALIBRATION_FRAMES
 from imposing_ros.training.trainer import build_scene_map
 from imposing_ros.utils import atomic_write_text
 
@@ -148,47 +151,74 @@ def hardware_floor(localizer: Localizer, repeats: int = 20) -> dict:
             'floor_ms': floor}
 
 
-def accuracy(model: ImPosing, frames: list, config: LocalizerConfig, backend: str,
-             inductor: str, device: str, initial_poses=None) -> dict:
-    """Median errors of ``backend`` and of fp32 eager on ``frames``, and their disagreement."""
+def accuracy(localizer: Localizer, model: ImPosing, frames: list,
+             initial_poses=None) -> dict:
+    """Median errors of ``localizer`` and of fp32 eager on ``frames``, and their disagreement."""
     from imposing_ros.evaluation.metrics import pose_errors, summarize
 
     truth = torch.from_numpy(np.stack([f.pose for f in frames]))
+    name = localizer.backend_name
+    reference = Localizer(model, localizer.scene, localizer.config, localizer.device, 'torch',
+                          initial_poses, inductor='off')
     estimates = {}
-    for name, comp in ((backend, inductor), ('torch', 'off')):
-        if name in estimates:
-            continue
-        localizer = Localizer(model, None, config, device, name, initial_poses,
-                              inductor=comp)
-        estimates[name] = torch.from_numpy(np.stack([localizer.localize(f.image).pose
-                                                     for f in frames]))
+    for key, runner in ((name, localizer), ('torch', reference)):
+        if key not in estimates:
+            estimates[key] = torch.from_numpy(np.stack([runner.localize(f.image).pose
+                                                        for f in frames]))
     out = {}
-    for name, est in estimates.items():
+    for key, est in estimates.items():
         et, er = pose_errors(est, truth)
-        out[name] = summarize(et.numpy(), er.numpy())
-    fast, ref = out[backend], out['torch']
-    apart_t, apart_r = pose_errors(estimates[backend], estimates['torch'])
+        out[key] = summarize(et.numpy(), er.numpy())
+    fast, ref = out[name], out['torch']
+    apart_t, apart_r = pose_errors(estimates[name], estimates['torch'])
     out['median_m_ratio'] = fast['median_m'] / max(ref['median_m'], 1e-9)
     out['estimates_apart_median_m'] = float(apart_t.median())
     out['estimates_apart_median_deg'] = float(apart_r.median())
     return out
 
 
-def scaling(config: ModelConfig, search: SearchConfig, backend: str, inductor: str,
+def scaling(config: ModelConfig, search: SearchConfig, backend: Callable[[ImPosing], object],
             device: str, frames: int, warmup: int,
             sizes: tuple[int, ...] = (1_000, 10_000, 100_000)) -> list[dict]:
-    """Frame time and serialized model bytes for maps of ``sizes`` reference poses."""
+    """Frame time and serialized model bytes for maps of ``sizes`` reference poses.
+
+    ``backend(model)`` gives what :class:`Localizer` takes as its backend (a name or a built one).
+    """
     rows = []
     for size in sizes:
         model = random_model(config, size)
         with tempfile.TemporaryDirectory() as tmp:
             model_bytes = save_checkpoint(Path(tmp) / 'model.pt', model, seed=0).stat().st_size
-        localizer = Localizer(model, None, LocalizerConfig(search=search), device, backend,
-                              inductor=inductor)
+        localizer = Localizer(model, None, LocalizerConfig(search=search), device, backend(model))
         stages = benchmark(localizer, frames, warmup)
         rows.append({'reference_poses': size, 'frame_ms_median': stages['frame']['median'],
                      'model_bytes': model_bytes})
     return rows
+
+
+def make_backend(model: ImPosing, args: argparse.Namespace, num_candidates: int):
+    """The backend ``Localizer`` takes for ``args``: a name, or a built ``torch-int8``.
+
+    ``torch-int8`` is calibrated on ``--calibration`` images, loaded from ``--engine-cache``,
+    or, for the random model of a timing run, calibrated on noise images (timing only: time
+    does not depend on the activation ranges).
+    """
+    if args.backend != 'torch-int8':
+        return select_backend(args.backend, model, None, args.device, num_candidates,
+                              cache_dir=args.engine_cache, inductor=args.inductor)
+    from imposing_ros.runtime.int8 import calibration_images, Int8Backend
+
+    size = tuple(model.config.image_size)
+    if args.calibration:
+        images = calibration_images(args.calibration, args.calibration_frames, size)
+    elif not args.model:
+        generator = torch.Generator().manual_seed(0)
+        images = [torch.rand((1, 3, *size), generator=generator) for _ in range(4)]
+    else:
+        images = None  # the programs must be in --engine-cache
+    with tempfile.TemporaryDirectory() as tmp:  # programs are in memory once loaded
+        return Int8Backend(model, None, args.device, args.engine_cache or tmp, images,
+                           num_candidates)
 
 
 def openvino_comparison(model: ImPosing, localizer: Localizer, repeats: int = 20) -> dict:
@@ -221,6 +251,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``imposing-ros bench``."""
     parser.add_argument('--model', help='checkpoint to time (default: a random paper model)')
     add_backend_arguments(parser)
+    parser.add_argument('--calibration', help='torch-int8: calibration images (dataset spec); '
+                        'default: the programs in --engine-cache, or noise for the random model')
+    parser.add_argument('--calibration-frames', type=int, default=DEFAULT_CALIBRATION_FRAMES,
+                        help=f'torch-int8: calibration images used (default '
+                        f'{DEFAULT_CALIBRATION_FRAMES})')
     parser.add_argument('--backbone', default=ModelConfig.backbone,
                         help=f'random model: image backbone (default {ModelConfig.backbone})')
     parser.add_argument('--pose-layers', type=int, default=ModelConfig.pose_layers,
@@ -282,8 +317,8 @@ def run(args: argparse.Namespace) -> int:
         from imposing_ros.data.datasets import open_dataset
 
         initial = torch.from_numpy(np.asarray(open_dataset(args.level0).poses)).float()
-    localizer = Localizer(model, None, config, args.device, args.backend, initial,
-                          inductor=args.inductor)
+    localizer = Localizer(model, None, config, args.device,
+                          make_backend(model, args, search.num_candidates), initial)
     stages = benchmark(localizer, args.frames, args.warmup, args.mode)
     floor = hardware_floor(localizer)
     frame = stages['frame']['median']
@@ -308,8 +343,7 @@ def run(args: argparse.Namespace) -> int:
               'level0_candidates': len(localizer.initial_poses), 'stages': stages,
               'floor': floor}
     if args.data:
-        acc = accuracy(model, _load_frames(args.data, args.accuracy_frames), config,
-                       localizer.backend.name, args.inductor, args.device, initial)
+        acc = accuracy(localizer, model, _load_frames(args.data, args.accuracy_frames), initial)
         report['accuracy'] = acc
         for name in (localizer.backend.name, 'torch'):
             print(f'accuracy {name}: median {acc[name]["median_m"]:.2f} m, '
@@ -318,7 +352,8 @@ def run(args: argparse.Namespace) -> int:
               f'{acc["estimates_apart_median_m"]:.3f} m, {acc["estimates_apart_median_deg"]:.3f}'
               ' deg')
     if args.scaling:
-        rows = scaling(model.config, search, args.backend, args.inductor, args.device,
+        rows = scaling(model.config, search,
+                       lambda m: make_backend(m, args, search.num_candidates), args.device,
                        args.frames, args.warmup)
         report['scaling'] = rows
         for row in rows:

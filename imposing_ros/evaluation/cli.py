@@ -31,9 +31,11 @@ LOGGER = logging.getLogger('imposing_ros.evaluation')
 
 def evaluate(model_path: str | Path, frames, scene: str | None = None,
              config: LocalizerConfig | None = None, device: str = 'cpu',
-             backend: str = DEFAULT_BACKEND, inductor: str = DEFAULT_INDUCTOR):
+             backend: str = DEFAULT_BACKEND, inductor: str = DEFAULT_INDUCTOR,
+             engine_cache: str | None = None):
     """Localize every frame; return (summary dict, estimates [M, 7], truth [M, 7], scores)."""
-    localizer = Localizer.from_checkpoint(model_path, scene, config, device, backend, inductor)
+    localizer = Localizer.from_checkpoint(model_path, scene, config, device, backend, inductor,
+                                          engine_cache)
     estimates, truth, scores = [], [], []
     for frame in tqdm(frames, desc='evaluate', unit='frame', dynamic_ncols=True):
         truth.append(frame.pose)
@@ -79,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         search = replace(search, levels=args.levels)
     summary, est, gt, scores = evaluate(args.model, open_dataset(args.data), args.scene,
                                         LocalizerConfig(search=search), args.device,
-                                        args.backend, args.inductor)
+                                        args.backend, args.inductor, args.engine_cache)
     print(format_summary(summary))
     if args.json:
         atomic_write_text(args.json, json.dumps(summary, indent=2))

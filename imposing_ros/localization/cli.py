@@ -28,7 +28,8 @@ IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.ppm')
 
 def localize_folder(model: str | Path, images: str | Path, out: str | Path,
                     scene: str | None = None, device: str = 'cpu',
-                    backend: str = DEFAULT_BACKEND, inductor: str = DEFAULT_INDUCTOR) -> Path:
+                    backend: str = DEFAULT_BACKEND, inductor: str = DEFAULT_INDUCTOR,
+                    engine_cache: str | None = None) -> Path:
     """Localize every image file under ``images`` (sorted) and write ``out``."""
     images = Path(images)
     if not images.is_dir():
@@ -37,7 +38,7 @@ def localize_folder(model: str | Path, images: str | Path, out: str | Path,
     if not files:
         raise ValueError(f'{images}: no image files ({", ".join(IMAGE_SUFFIXES)})')
     localizer = Localizer.from_checkpoint(model, scene, device=device, backend=backend,
-                                          inductor=inductor)
+                                          inductor=inductor, engine_cache=engine_cache)
     lines = ['timestamp,image,x,y,z,qx,qy,qz,qw,score']
     for i, path in enumerate(tqdm(files, desc='localize', unit='image', dynamic_ncols=True)):
         result = localizer.localize(load_rgb(path))
@@ -59,6 +60,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Entry of ``imposing-ros localize``."""
     out = localize_folder(args.model, args.images, args.out, args.scene, args.device,
-                          args.backend, args.inductor)
+                          args.backend, args.inductor, args.engine_cache)
     print(f'poses: {out}')
     return 0

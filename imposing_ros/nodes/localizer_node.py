@@ -167,12 +167,14 @@ PARAMETERS = (
      _device),
     ('backend', DEFAULT_BACKEND, 'inference backend: auto (tensorrt on CUDA when torch-tensorrt '
      'imports, else torch-fp16; on a CPU torch-bf16 where it runs bf16 natively, else torch), '
-     'torch (fp32), torch-bf16, torch-fp16, tensorrt', params.one_of(BACKENDS)),
+     'torch (fp32), torch-bf16, torch-fp16, torch-int8 (CPU; programs from imposing-ros export '
+     '--format int8 in engine_cache), tensorrt', params.one_of(BACKENDS)),
     ('inductor', DEFAULT_INDUCTOR, 'compile the torch backends with inductor (first configure '
      'takes seconds longer): auto (on a CPU with a C++ compiler), on, off',
      params.one_of(INDUCTOR_CHOICES)),
-    ('engine_cache', '', "folder of the tensorrt backend's compiled programs (imposing-ros "
-     'export --format tensorrt); empty: ~/.cache/imposing_ros/tensorrt', None),
+    ('engine_cache', '', 'folder of the compiled programs of the torch-int8 and tensorrt '
+     'backends (imposing-ros export --format int8 / tensorrt); empty: '
+     '~/.cache/imposing_ros/int8 or ~/.cache/imposing_ros/tensorrt', None),
     ('image_topic', 'camera/image_raw',
      'raw image topic; with image_transport compressed, <image_topic>/compressed is used',
      params.nonempty),

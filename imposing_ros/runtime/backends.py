@@ -18,6 +18,11 @@ Backends (``select_backend`` names):
     normalisation lives on the device), so the search that calls it can be captured in one CUDA
     graph (:mod:`imposing_ros.runtime.graphs`). ``torch-fp16`` is for CUDA (CPUs here have no
     fast fp16).
+``torch-int8``
+    Both encoders quantized to int8 after training (torchao PT2E) and compiled by inductor
+    into oneDNN int8 kernels (:mod:`imposing_ros.runtime.int8`), CPU only. Its programs are
+    made once from calibration images (``imposing-ros export --format int8``) and loaded from
+    ``cache_dir``; never picked by ``auto``, since its accuracy depends on that calibration.
 ``tensorrt``
     torch-tensorrt dynamo engines (:mod:`imposing_ros.runtime.tensorrt`), CUDA only.
 ``auto`` (default)
@@ -49,7 +54,7 @@ from imposing_ros.model.imposing import ImPosing
 LOGGER = logging.getLogger('imposing_ros.runtime')
 
 PRECISIONS = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
-BACKENDS = ('auto', 'torch', 'torch-bf16', 'torch-fp16', 'tensorrt')
+BACKENDS = ('auto', 'torch', 'torch-bf16', 'torch-fp16', 'torch-int8', 'tensorrt')
 # The one default of every entry point (Localizer, CLI tools, the node's parameter).
 DEFAULT_BACKEND = 'auto'
 INDUCTOR_CHOICES = ('auto', 'on', 'off')
@@ -69,6 +74,11 @@ def fuse_conv_bn(module: nn.Module) -> nn.Module:
     from torch.fx.experimental.optimization import fuse
 
     return fuse(module.eval(), inplace=False)
+
+
+def float_similarity(image_codes: torch.Tensor, pose_codes: torch.Tensor) -> torch.Tensor:
+    """Eq. 1 in float32: cosines of low-precision codes are accumulated in fp32."""
+    return similarity(image_codes.float(), pose_codes.float())
 
 
 class PreparedImageEncoder(nn.Module):
@@ -168,8 +178,8 @@ class Backend:
         raise NotImplementedError
 
     def score(self, image_codes: torch.Tensor, pose_codes: torch.Tensor) -> torch.Tensor:
-        """Eq. 1 in float32 (cosines of low-precision codes are accumulated in fp32)."""
-        return similarity(image_codes.float(), pose_codes.float())
+        """Eq. 1 in float32 (:func:`float_similarity`)."""
+        return float_similarity(image_codes, pose_codes)
 
     def sample(self, centers, weights, uniform, normal, sigma) -> torch.Tensor:
         """The search's proposer (:func:`~imposing_ros.localization.search.sample_mixture`)."""
@@ -201,7 +211,7 @@ class TorchBackend(Backend):
             self.pose_net = PreparedPoseEncoder(model, self.scene, self.dtype).to(self.device)
         self.inductor = inductor
         self._image, self._pose = self.image_net, self.pose_net
-        self._sample, self._score = sample_mixture, super().score
+        self._sample, self._score = compiled_search_steps(inductor)
         if inductor:
             # Inductor with frozen weights: the ResNet's convolutions run on prepacked oneDNN
             # weights with their ReLUs and additions fused, the pose encoder's Fourier features
@@ -211,8 +221,6 @@ class TorchBackend(Backend):
             frozen = {'freezing': True}
             self._image = torch.compile(self.image_net, dynamic=False, options=frozen)
             self._pose = torch.compile(self.pose_net, dynamic=False, options=frozen)
-            self._sample = torch.compile(sample_mixture, dynamic=False)
-            self._score = torch.compile(super().score, dynamic=False)
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -243,13 +251,26 @@ class TorchBackend(Backend):
                 'inductor': self.inductor, 'threads': torch.get_num_threads()}
 
 
+def compiled_search_steps(inductor: bool):
+    """The search's proposer and score ``(sample, score)``, compiled when ``inductor``.
+
+    Eager, each is about a hundred tiny ops a level; compiled, one C++ loop each.
+    """
+    if not inductor:
+        return sample_mixture, float_similarity
+    return (torch.compile(sample_mixture, dynamic=False),
+            torch.compile(float_similarity, dynamic=False))
+
+
 def add_backend_arguments(parser) -> None:
-    """``--backend`` and ``--inductor`` of the command-line tools (one definition)."""
+    """``--backend``, ``--inductor`` and ``--engine-cache`` of the tools (one definition)."""
     parser.add_argument('--backend', default=DEFAULT_BACKEND, choices=BACKENDS,
                         help=f'inference backend (default {DEFAULT_BACKEND})')
     parser.add_argument('--inductor', default=DEFAULT_INDUCTOR, choices=INDUCTOR_CHOICES,
                         help='compile the torch backends with inductor (default auto: on a CPU '
                         'with a C++ compiler)')
+    parser.add_argument('--engine-cache', help='folder of compiled programs: torch-int8 (made by '
+                        'imposing-ros export --format int8) and tensorrt')
 
 
 def compiler_available() -> bool:
@@ -272,6 +293,8 @@ def resolve_backend_name(name: str, device: str | torch.device) -> str:
     if name != 'auto':
         if name == 'tensorrt' and device.type != 'cuda':
             raise ValueError('the tensorrt backend needs a CUDA device')
+        if name == 'torch-int8' and device.type != 'cpu':
+            raise ValueError('the torch-int8 backend runs on the CPU only')
         return name
     if device.type == 'cuda':
         return 'tensorrt' if tensorrt_available() else 'torch-fp16'
@@ -283,9 +306,10 @@ def select_backend(name: str, model: ImPosing, scene: str | None = None,
                    cache_dir: str | None = None, inductor: str = 'auto') -> Backend:
     """Build the backend ``name`` (one of :data:`BACKENDS`) for ``model`` on ``device``.
 
-    ``num_candidates`` fixes the pose engine's batch for TensorRT; ``cache_dir`` holds its
-    compiled programs. ``inductor`` ('auto', 'on', 'off') compiles the torch backends with
-    inductor; 'auto' = on a CPU with a C++ compiler. ``auto`` logs what it chose.
+    ``num_candidates`` fixes the pose engine's batch for TensorRT; ``cache_dir`` holds the
+    compiled programs of ``tensorrt`` and ``torch-int8``. ``inductor`` ('auto', 'on', 'off')
+    compiles the torch backends with inductor; 'auto' = on a CPU with a C++ compiler
+    (``torch-int8`` always runs through it). ``auto`` logs what it chose.
     """
     if inductor not in INDUCTOR_CHOICES:
         raise ValueError(f'inductor must be one of {INDUCTOR_CHOICES}, got {inductor!r}')
@@ -299,6 +323,14 @@ def select_backend(name: str, model: ImPosing, scene: str | None = None,
 
         return TensorRTBackend(model, scene, device, num_candidates=num_candidates,
                                cache_dir=cache_dir)
+    if resolved == 'torch-int8':
+        if inductor == 'off':
+            raise ValueError('the torch-int8 backend runs through inductor: '
+                             'inductor cannot be off')
+        from imposing_ros.runtime.int8 import Int8Backend
+
+        return Int8Backend(model, scene, device, cache_dir=cache_dir,
+                           num_candidates=num_candidates)
     precision = {'torch': 'fp32', 'torch-bf16': 'bf16', 'torch-fp16': 'fp16'}[resolved]
     if inductor == 'auto':
         use_inductor = torch.device(device).type == 'cpu' and compiler_available()

@@ -7,6 +7,10 @@ Formats:
   :func:`~imposing_ros.model.checkpoint.load_model`, then prepared by the backend at load:
   batch norms folded, weights cast and laid out once). The committed demo model is made this
   way. Training state (optimizer, history) is dropped; the configs, seed and maps stay.
+* ``int8`` (``torch-int8`` backend, CPU): quantizes both encoders with activation ranges
+  observed on ``--calibration`` images (reference images of the scene, not the evaluation set;
+  ``--calibration-frames`` of them, evenly spaced) and on the search's own candidate poses, and
+  writes the programs into the cache folder ``--out`` (node parameter ``engine_cache``).
 * ``tensorrt`` (CUDA only): builds the TensorRT programs of the image encoder and of the pose
   encoder at ``--candidates`` into the cache folder ``--out``, where the node's ``tensorrt``
   backend finds them (parameter ``engine_cache``), so a robot does not build engines at start.
@@ -18,16 +22,28 @@ import argparse
 from pathlib import Path
 
 from imposing_ros.model.checkpoint import load_model, save_checkpoint
+from imposing_ros.runtime.int8 import calibration_images, DEFAULT_CALIBRATION_FRAMES, Int8Programs
 
-FORMATS = ('checkpoint-fp16', 'tensorrt')
+FORMATS = ('checkpoint-fp16', 'int8', 'tensorrt')
 
 
 def export(model_path: str | Path, out: str | Path, fmt: str = 'checkpoint-fp16',
-           candidates: int = 4096, scene: str | None = None, device: str = 'cuda') -> Path:
-    """Write ``model_path`` in format ``fmt`` to ``out`` (a file, or the engine folder)."""
+           candidates: int = 4096, scene: str | None = None, device: str = 'cuda',
+           calibration: str | None = None,
+           calibration_frames: int = DEFAULT_CALIBRATION_FRAMES) -> Path:
+    """Write ``model_path`` in format ``fmt`` to ``out`` (a file, or the program folder)."""
     if fmt not in FORMATS:
         raise ValueError(f'unknown export format {fmt!r}; known: {", ".join(FORMATS)}')
+    if fmt == 'int8' and not calibration:
+        raise ValueError('the int8 format needs --calibration DATA: camera images of the scene '
+                         '(e.g. the training data), not the evaluation set')
     model, data = load_model(model_path)
+    if fmt == 'int8':
+        programs = Int8Programs(model, model.default_scene(scene), out, candidates)
+        images = calibration_images(calibration, calibration_frames, model.config.image_size)
+        programs.build(images, describe={'model': str(model_path),
+                                         'calibration': str(calibration)})
+        return Path(out)
     if fmt == 'tensorrt':
         from imposing_ros.runtime.tensorrt import import_torch_tensorrt, TensorRTBackend
 
@@ -46,18 +62,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``imposing-ros export``."""
     parser.add_argument('--model', required=True, help='trained checkpoint (.pt)')
     parser.add_argument('--out', required=True,
-                        help='file to write (checkpoint-fp16) or engine folder (tensorrt)')
+                        help='file to write (checkpoint-fp16) or program folder (int8, tensorrt)')
     parser.add_argument('--format', default='checkpoint-fp16', choices=FORMATS)
     parser.add_argument('--candidates', type=int, default=4096,
-                        help='tensorrt: the pose engine batch N (default 4096)')
-    parser.add_argument('--scene', help='tensorrt: scene of a multi-scene model')
+                        help='int8, tensorrt: the pose program batch N (default 4096)')
+    parser.add_argument('--scene', help='int8, tensorrt: scene of a multi-scene model')
+    parser.add_argument('--calibration',
+                        help='int8: dataset spec of calibration images (reference images of '
+                        'the scene, not the evaluation set)')
+    parser.add_argument('--calibration-frames', type=int, default=DEFAULT_CALIBRATION_FRAMES,
+                        help=f'int8: images used, evenly spaced (default '
+                        f'{DEFAULT_CALIBRATION_FRAMES})')
 
 
 def run(args: argparse.Namespace) -> int:
     """Entry of ``imposing-ros export``."""
-    out = export(args.model, args.out, args.format, args.candidates, args.scene)
+    out = export(args.model, args.out, args.format, args.candidates, args.scene,
+                 calibration=args.calibration, calibration_frames=args.calibration_frames)
     if out.is_file():
         print(f'wrote {out} ({out.stat().st_size / 1e6:.1f} MB)')
     else:
-        print(f'wrote TensorRT programs to {out}')
+        print(f'wrote {args.format} programs to {out}')
     return 0

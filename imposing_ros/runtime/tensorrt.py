@@ -20,7 +20,6 @@ documented API:
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import logging
 from pathlib import Path
@@ -33,6 +32,7 @@ from imposing_ros.runtime.backends import (
     PreparedImageEncoder,
     PreparedPoseEncoder,
 )
+from imposing_ros.runtime.programs import cache_key, save_atomically
 
 LOGGER = logging.getLogger('imposing_ros.runtime')
 
@@ -48,21 +48,6 @@ def import_torch_tensorrt():
     except Exception as exc:  # ImportError, or CUDA/TensorRT library errors raised at import
         LOGGER.debug('torch_tensorrt unavailable: %s', exc)
         return None
-
-
-def cache_key(module: torch.nn.Module, example: torch.Tensor, target: str) -> str:
-    """Hash of the weights and input shape/dtype of one engine, and of ``target``.
-
-    ``target`` names what else an engine depends on: GPU, compute capability and library
-    versions (:func:`target_description`).
-    """
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        flat = tensor.detach().cpu().contiguous().reshape(-1)  # 0-d buffers included
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
-    digest.update(f'{tuple(example.shape)}|{example.dtype}|{target}'.encode())
-    return digest.hexdigest()[:32]
 
 
 def target_description(device: torch.device) -> str:
@@ -87,10 +72,7 @@ def compile_cached(module: torch.nn.Module, example: torch.Tensor, cache_dir: Pa
     LOGGER.info('compiling TensorRT program %s (minutes, once per model and GPU)', name)
     compiled = trt.compile(module, ir='dynamo', arg_inputs=[example], use_explicit_typing=True,
                            min_block_size=1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}')  # same .ep suffix: save picks the format by it
-    trt.save(compiled, str(tmp), arg_inputs=[example])
-    tmp.replace(path)  # never leave half a program under the real name
+    save_atomically(path, lambda tmp: trt.save(compiled, str(tmp), arg_inputs=[example]))
     return compiled
 
 
