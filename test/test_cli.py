@@ -7,6 +7,7 @@ import pytest
 from imposing_ros import cli
 from imposing_ros.data.plain import PlainFolder, write_plain_folder
 from imposing_ros.data.synthetic import SyntheticRoad
+from imposing_ros.training.cli import DEFAULT_SCENE, parse_scene_spec
 
 CONFIG = """
 model:   {backbone: resnet18, dim: 32, image_size: [32, 64], pose_layers: 2, pose_width: 64}
@@ -105,3 +106,11 @@ def test_export_int8_then_evaluate_with_its_programs(folders, tmp_path, capsys):
                      '--backend', 'torch-int8', '--engine-cache', str(cache),
                      '--json', str(out)]) == 2
     assert 'no int8 programs' in capsys.readouterr().err and not out.exists()
+
+
+def test_scene_specs_keep_reader_options():
+    assert parse_scene_spec('helsinki=data/t1') == ('helsinki', 'data/t1')
+    assert parse_scene_spec('t1.mcap?image=/cam') == (DEFAULT_SCENE, 't1.mcap?image=/cam')
+    assert parse_scene_spec('city=t1.mcap?image=/cam') == ('city', 't1.mcap?image=/cam')
+    spec = '4seasons:/d:office:train'
+    assert parse_scene_spec(spec) == (DEFAULT_SCENE, spec)

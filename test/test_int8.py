@@ -1,5 +1,6 @@
 """The torch-int8 CPU backend: quantized programs agree with fp32, are cached, fail clearly."""
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,17 @@ def test_int8_localizer_follows_fp32(model, cache):
     assert a.mode == 'global' and np.isfinite(a.pose).all()
     # A random model scores nearly flat, so the estimates may differ; the best scores must not.
     assert abs(a.score - b.score) < 0.05
+
+
+def test_auto_picks_int8_where_its_programs_are(model, cache, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger='imposing_ros.runtime'):
+        backend = select_backend('auto', model, num_candidates=N, cache_dir=str(cache))
+    assert backend.name == 'torch-int8' and 'int8 programs of this model' in caplog.text
+    # No programs (or no inductor to run them): the float backends, as before.
+    assert select_backend('auto', model, num_candidates=N, cache_dir=str(tmp_path),
+                          inductor='off').name in ('torch', 'torch-bf16')
+    assert select_backend('auto', model, num_candidates=N, cache_dir=str(cache),
+                          inductor='off').name in ('torch', 'torch-bf16')
 
 
 def test_missing_programs_name_the_export_command(model, tmp_path):

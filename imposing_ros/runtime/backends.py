@@ -22,12 +22,14 @@ Backends (``select_backend`` names):
     Both encoders quantized to int8 after training (torchao PT2E) and compiled by inductor
     into oneDNN int8 kernels (:mod:`imposing_ros.runtime.int8`), CPU only. Its programs are
     made once from calibration images (``imposing-ros export --format int8``) and loaded from
-    ``cache_dir``; never picked by ``auto``, since its accuracy depends on that calibration.
+    ``cache_dir``.
 ``tensorrt``
     torch-tensorrt dynamo engines (:mod:`imposing_ros.runtime.tensorrt`), CUDA only.
 ``auto`` (default)
-    TensorRT on CUDA when torch-tensorrt imports, else torch fp16 on CUDA; on a CPU torch bf16
-    where oneDNN runs bf16 natively (AVX-512 BF16 or AMX), else torch fp32. The choice is logged.
+    TensorRT on CUDA when torch-tensorrt imports, else torch fp16 on CUDA; on a CPU
+    ``torch-int8`` when the cache folder holds int8 programs of this model (someone exported
+    them: the fastest CPU path measured), else torch bf16 where oneDNN runs bf16 natively
+    (AVX-512 BF16 or AMX), else torch fp32. The choice is logged.
 
 CPU runtimes (OpenVINO, ONNX Runtime) are not included: the project admits one only if it beats
 torch bf16 by 1.3x end to end. Measured on the project's CPU (``imposing-ros bench --openvino``,
@@ -314,10 +316,18 @@ def select_backend(name: str, model: ImPosing, scene: str | None = None,
     if inductor not in INDUCTOR_CHOICES:
         raise ValueError(f'inductor must be one of {INDUCTOR_CHOICES}, got {inductor!r}')
     resolved = resolve_backend_name(name, device)
+    cpu = torch.device(device).type == 'cpu'
+    if inductor == 'auto':
+        use_inductor = cpu and compiler_available()
+    else:
+        use_inductor = inductor == 'on'
     if name == 'auto':
-        LOGGER.info('backend auto -> %s on %s (%s)', resolved, torch.device(device),
-                    'CUDA' if torch.device(device).type == 'cuda' else
-                    ('CPU with native bf16' if resolved == 'torch-bf16' else 'CPU without bf16'))
+        reason = ('CUDA' if not cpu else
+                  'CPU with native bf16' if resolved == 'torch-bf16' else 'CPU without bf16')
+        if cpu and use_inductor and _int8_programs_exist(model, scene, cache_dir, num_candidates):
+            # Made on purpose by `imposing-ros export --format int8`: the fastest CPU path.
+            resolved, reason = 'torch-int8', 'int8 programs of this model in the cache folder'
+        LOGGER.info('backend auto -> %s on %s (%s)', resolved, torch.device(device), reason)
     if resolved == 'tensorrt':
         from imposing_ros.runtime.tensorrt import TensorRTBackend
 
@@ -332,8 +342,11 @@ def select_backend(name: str, model: ImPosing, scene: str | None = None,
         return Int8Backend(model, scene, device, cache_dir=cache_dir,
                            num_candidates=num_candidates)
     precision = {'torch': 'fp32', 'torch-bf16': 'bf16', 'torch-fp16': 'fp16'}[resolved]
-    if inductor == 'auto':
-        use_inductor = torch.device(device).type == 'cpu' and compiler_available()
-    else:
-        use_inductor = inductor == 'on'
     return TorchBackend(model, scene, device, precision, inductor=use_inductor)
+
+
+def _int8_programs_exist(model: ImPosing, scene: str | None, cache_dir: str | None,
+                         num_candidates: int) -> bool:
+    from imposing_ros.runtime.int8 import Int8Programs
+
+    return Int8Programs(model, model.default_scene(scene), cache_dir, num_candidates).cached

@@ -32,6 +32,7 @@ compiles them at start (seconds). Accuracy against fp32 is measured by
 from __future__ import annotations
 
 from dataclasses import replace
+import importlib.metadata
 import json
 import logging
 from pathlib import Path
@@ -73,9 +74,11 @@ def _torchao_pt2e():
 
 def target_description() -> str:
     """What a quantized program depends on besides its weights: torch and torchao versions."""
-    import torchao
-
-    return f'torch {torch.__version__}|torchao {torchao.__version__}'
+    try:
+        torchao = importlib.metadata.version('torchao')  # not imported here: see _torchao_pt2e
+    except importlib.metadata.PackageNotFoundError:
+        torchao = 'none'
+    return f'torch {torch.__version__}|torchao {torchao}'
 
 
 def quantize(module: torch.nn.Module, example: torch.Tensor,

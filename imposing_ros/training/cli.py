@@ -31,10 +31,11 @@ DEFAULT_SCENE = 'default'
 def parse_scene_spec(text: str) -> tuple[str, str]:
     """``'scene=spec'`` -> (scene, spec); a bare spec belongs to the default scene.
 
-    A spec that itself contains '=' before any path separator is not expected.
+    A scene name holds no ``/``, ``:`` or ``?``: the ``=`` of reader options
+    (``bag.mcap?image=/cam``) or of a path is not a scene separator.
     """
     head, sep, tail = text.partition('=')
-    if sep and '/' not in head and ':' not in head and head:
+    if sep and head and not any(c in head for c in '/:?'):
         return head, tail
     return DEFAULT_SCENE, text
 
