@@ -65,3 +65,17 @@ def test_tensorrt_export_needs_a_gpu(tmp_path, capsys):
                      '--out', str(tmp_path / 'engines')]) == 2
     assert 'needs a CUDA GPU' in capsys.readouterr().err
     assert not (tmp_path / 'engines').exists()
+
+
+@pytest.mark.slow
+def test_bench_times_int8_of_the_random_model(tmp_path, capsys):
+    # No --model: the random model is calibrated on noise (timing only) in a temporary folder.
+    assert cli.main(['bench', '--backbone', 'resnet18', '--pose-layers', '2', '--candidates',
+                     '128', '--levels', '2', '--frames', '2', '--warmup', '1', '--backend',
+                     'torch-int8', '--json', str(tmp_path / 'b.json')]) == 0
+    report = json.loads((tmp_path / 'b.json').read_text())
+    assert report['backend']['backend'] == 'torch-int8'
+    assert report['backend']['precision'] == 'int8' and report['frame_ms_median'] > 0
+    assert cli.main(['bench', '--candidates', '128', '--frames', '1', '--backend', 'torch-int8',
+                     '--inductor', 'off']) == 2
+    assert 'inductor cannot be off' in capsys.readouterr().err

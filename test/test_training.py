@@ -49,7 +49,7 @@ def test_training_learns_to_localize(road_data, tmp_path):
     road, train_cache, val_cache = road_data
     scenes = {'road': SceneData(CachedPosedImages(train_cache), CachedPosedImages(val_cache),
                                 road.reference_poses())}
-    result = train(scenes, tmp_path / 'run', MODEL, train_config(10), SEARCH, resume=False)
+    result = train(scenes, tmp_path / 'run', MODEL, train_config(16), SEARCH, resume=False)
     losses = [h['loss'] for h in result.history]
     assert losses[-1] < 0.6 * losses[0], losses
 
@@ -63,8 +63,9 @@ def test_training_learns_to_localize(road_data, tmp_path):
     ref = torch.as_tensor(road.reference_poses()).float()
     chance = summarize(*pose_errors(ref[torch.randint(len(ref), (len(truth),))], truth))
     # Bound: median under 10 m and a fifth of chance, recall (5 m, 10 deg) over 30 % and five
-    # times chance. Measured after 10 epochs (seeds 0 and 1): median 2.7 / 3.6 m, recall 71 / 58 %;
-    # chance ~55 m and ~3 %. After 6 epochs the model sat on the bounds (11-22 m on this CPU).
+    # times chance; chance is ~55 m and ~3 %. Kernels differ between CPUs, and so does the
+    # training: after 10 epochs, median 2.7 / 3.6 m (seeds 0 / 1) on an AVX-512 machine but
+    # 16.4 m (seed 0) on an AVX2 one, where 16 epochs give 2.6 / 2.6 m, recall 77 / 69 %.
     assert trained['median_m'] < 10.0 and trained['median_m'] < chance['median_m'] / 5
     assert trained['recall_5m_10deg'] > 0.3
     assert trained['recall_5m_10deg'] > 5 * chance['recall_5m_10deg']

@@ -208,6 +208,8 @@ def make_backend(model: ImPosing, args: argparse.Namespace, num_candidates: int)
                               cache_dir=args.engine_cache, inductor=args.inductor)
     from imposing_ros.runtime.int8 import calibration_images, Int8Backend
 
+    if args.inductor == 'off':
+        raise ValueError('the torch-int8 backend runs through inductor: inductor cannot be off')
     size = tuple(model.config.image_size)
     if args.calibration:
         images = calibration_images(args.calibration, args.calibration_frames, size)

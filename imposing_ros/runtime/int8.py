@@ -62,7 +62,7 @@ DEFAULT_CALIBRATION_FRAMES = 32
 
 
 def _torchao_pt2e():
-    """Torchao's PT2E entry points (a dependency of the project; checked for a clear error)."""
+    """The PT2E entry points of torchao (a project dependency; checked for a clear error)."""
     try:
         from torchao.quantization.pt2e import quantize_pt2e
         from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
@@ -190,6 +190,8 @@ class Int8Programs:
                              top_k=min(SearchConfig.top_k, n),
                              num_average=min(SearchConfig.num_average, n))
         images = list(images)
+        if not images:
+            raise ValueError('int8 calibration needs at least one image')
         for image in images:
             if image.shape != self.image_example.shape:
                 raise ValueError(f'calibration images must be [1, 3, H, W] at the model size '
