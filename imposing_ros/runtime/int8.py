@@ -272,6 +272,8 @@ class Int8Backend(Backend):
             raise ValueError(f'images must be [B, 3, H, W], got {tuple(images.shape)}')
         # The program takes one image (static shapes): a batch runs image by image.
         images = images.float().contiguous()
+        if len(images) == 1:
+            return self._run(self._image, images)
         return torch.cat([self._run(self._image, image[None]) for image in images])
 
     @torch.no_grad()
@@ -283,13 +285,16 @@ class Int8Backend(Backend):
         # padded with copies of its first pose.
         flat = poses.reshape(-1, 7).float()
         n = self.num_candidates
-        chunks = []
-        for start in range(0, len(flat), n):
-            chunk = flat[start:start + n]
-            if len(chunk) < n:
-                chunk = torch.cat([chunk, chunk[:1].expand(n - len(chunk), 7)])
-            chunks.append(self._run(self._pose, chunk.contiguous()))
-        codes = torch.cat(chunks)[:len(flat)]
+        if len(flat) == n:  # the search's case: no copy
+            codes = self._run(self._pose, flat.contiguous())
+        else:
+            chunks = []
+            for start in range(0, len(flat), n):
+                chunk = flat[start:start + n]
+                if len(chunk) < n:
+                    chunk = torch.cat([chunk, chunk[:1].expand(n - len(chunk), 7)])
+                chunks.append(self._run(self._pose, chunk.contiguous()))
+            codes = torch.cat(chunks)[:len(flat)]
         return codes.reshape(*poses.shape[:-1], codes.shape[-1])
 
     def score(self, image_codes: torch.Tensor, pose_codes: torch.Tensor) -> torch.Tensor:
