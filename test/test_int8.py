@@ -61,6 +61,9 @@ def test_int8_codes_stay_close_to_fp32(model, cache):
         assert _cosine(int8.encode_images(images), reference.encode_images(images)).min() > 0.99
     assert int8.describe()['precision'] == 'int8'
     assert sorted(p.suffix for p in cache.iterdir()) == ['.json', '.pt2', '.pt2']
+    # The program holds int8 weights, not the float ones beside them.
+    float_bytes = sum(4 * p.numel() for p in model.image_encoder.parameters())
+    assert next(cache.glob('image-*.pt2')).stat().st_size < 0.4 * float_bytes
 
 
 def test_int8_runs_any_candidate_count_in_chunks_of_n(model, cache):

@@ -109,7 +109,22 @@ def quantize(module: torch.nn.Module, example: torch.Tensor,
     if count == 0:
         raise ValueError('int8 calibration needs at least one batch')
     converted = quantize_pt2e.convert_pt2e(prepared)
+    _drop_unused_parameters(converted)
     return torch.export.export(converted, (example,))
+
+
+def _drop_unused_parameters(graph: torch.fx.GraphModule) -> None:
+    """Remove the float weights that quantization replaced by int8 constants.
+
+    ``convert_pt2e`` folds each quantized weight into an int8 constant but leaves the float
+    parameter on the module; exporting it again would save it beside the int8 one (the demo
+    model's image program: 57 MB instead of about 12 MB).
+    """
+    used = {node.target for node in graph.graph.nodes if node.op == 'get_attr'}
+    for name, _ in list(graph.named_parameters()):
+        if name not in used:
+            owner, _, attr = name.rpartition('.')
+            delattr(graph.get_submodule(owner) if owner else graph, attr)
 
 
 def calibration_poses(initial_poses: torch.Tensor, search: SearchConfig,
