@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from pathlib import Path
 import shutil
 
 import torch
@@ -170,6 +171,8 @@ class Backend:
         self.scene = model.default_scene(scene)
         self.device = torch.device(device)
         self.config = model.config
+        # The search's proposer and score: eager here, compiled by backends that compile.
+        self._sample, self._score = compiled_search_steps(False)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         """``images [B, 3, H, W]`` -> float32 codes ``[B, d]``."""
@@ -181,11 +184,11 @@ class Backend:
 
     def score(self, image_codes: torch.Tensor, pose_codes: torch.Tensor) -> torch.Tensor:
         """Eq. 1 in float32 (:func:`float_similarity`)."""
-        return float_similarity(image_codes, pose_codes)
+        return self._score(image_codes, pose_codes)
 
     def sample(self, centers, weights, uniform, normal, sigma) -> torch.Tensor:
         """The search's proposer (:func:`~imposing_ros.localization.search.sample_mixture`)."""
-        return sample_mixture(centers, weights, uniform, normal, sigma)
+        return self._sample(centers, weights, uniform, normal, sigma)
 
     def describe(self) -> dict:
         """Plain description for logs and benchmark reports."""
@@ -238,14 +241,6 @@ class TorchBackend(Backend):
         if poses.shape[-1] != 7:
             raise ValueError(f'poses must be [..., 7], got {tuple(poses.shape)}')
         return self._pose(poses.contiguous())
-
-    def score(self, image_codes: torch.Tensor, pose_codes: torch.Tensor) -> torch.Tensor:
-        """Eq. 1 in float32."""
-        return self._score(image_codes, pose_codes)
-
-    def sample(self, centers, weights, uniform, normal, sigma) -> torch.Tensor:
-        """The search's proposer."""
-        return self._sample(centers, weights, uniform, normal, sigma)
 
     def describe(self) -> dict:
         """Backend, device, precision, inductor and threads."""
@@ -324,10 +319,16 @@ def select_backend(name: str, model: ImPosing, scene: str | None = None,
     if name == 'auto':
         reason = ('CUDA' if not cpu else
                   'CPU with native bf16' if resolved == 'torch-bf16' else 'CPU without bf16')
-        if cpu and use_inductor and _int8_programs_exist(model, scene, cache_dir, num_candidates):
+        int8 = _cached_int8_programs(model, scene, cache_dir, num_candidates) if (
+            cpu and use_inductor) else None
+        if int8 is not None:
             # Made on purpose by `imposing-ros export --format int8`: the fastest CPU path.
             resolved, reason = 'torch-int8', 'int8 programs of this model in the cache folder'
         LOGGER.info('backend auto -> %s on %s (%s)', resolved, torch.device(device), reason)
+        if int8 is not None:
+            from imposing_ros.runtime.int8 import Int8Backend
+
+            return Int8Backend(model, scene, device, programs=int8)
     if resolved == 'tensorrt':
         from imposing_ros.runtime.tensorrt import TensorRTBackend
 
@@ -345,8 +346,13 @@ def select_backend(name: str, model: ImPosing, scene: str | None = None,
     return TorchBackend(model, scene, device, precision, inductor=use_inductor)
 
 
-def _int8_programs_exist(model: ImPosing, scene: str | None, cache_dir: str | None,
-                         num_candidates: int) -> bool:
-    from imposing_ros.runtime.int8 import Int8Programs
+def _cached_int8_programs(model: ImPosing, scene: str | None, cache_dir: str | None,
+                          num_candidates: int):
+    """The model's :class:`~imposing_ros.runtime.int8.Int8Programs` if cached, else None."""
+    from imposing_ros.runtime.int8 import DEFAULT_CACHE, Int8Programs
 
-    return Int8Programs(model, model.default_scene(scene), cache_dir, num_candidates).cached
+    folder = Path(cache_dir) if cache_dir else DEFAULT_CACHE
+    if not any(folder.glob('image-int8-*.pt2')):  # no program at all: skip hashing the model
+        return None
+    programs = Int8Programs(model, model.default_scene(scene), folder, num_candidates)
+    return programs if programs.cached else None

@@ -247,7 +247,8 @@ class Int8Backend(Backend):
 
     ``calibration_images`` (``[1, 3, H, W]`` tensors in [0, 1]) build the programs when the
     cache folder has none for this model; without them a missing program is an error that
-    names the export command.
+    names the export command. ``programs`` (already keyed, e.g. by ``auto``) replaces
+    ``cache_dir`` and ``num_candidates``.
     """
 
     name = NAME
@@ -255,30 +256,31 @@ class Int8Backend(Backend):
     def __init__(self, model: ImPosing, scene: str | None = None,
                  device: str | torch.device = 'cpu', cache_dir: str | Path | None = None,
                  calibration_images: Iterable[torch.Tensor] | None = None,
-                 num_candidates: int = SearchConfig.num_candidates):
+                 num_candidates: int = SearchConfig.num_candidates,
+                 programs: Int8Programs | None = None):
         super().__init__(model, scene, device)
         if self.device.type != 'cpu':
             raise ValueError(f'the {NAME} backend runs on the CPU, not {self.device}')
         if not compiler_available():
             raise ValueError(f'the {NAME} backend needs inductor, which needs a C++ compiler')
-        programs = Int8Programs(model, self.scene, cache_dir, num_candidates)
+        if programs is None:
+            programs = Int8Programs(model, self.scene, cache_dir, num_candidates)
         if not programs.cached and calibration_images is not None:
             programs.build(calibration_images)
         image, pose = programs.load()
         self.programs = programs
-        self.num_candidates = num_candidates
+        self.num_candidates = len(programs.pose_example)
         self._image = torch.compile(image, dynamic=False)
         self._pose = torch.compile(pose, dynamic=False)
         self._sample, self._score = compiled_search_steps(True)
-
-    def _run(self, program, inputs: torch.Tensor) -> torch.Tensor:
-        # Frozen weights make inductor prepack the int8 weights for oneDNN and fuse the
-        # quantize / dequantize pairs into its int8 kernels. Set as a config patch while the
-        # program compiles (its first call), not as torch.compile(options=...): with torchao
-        # 0.18 on torch 2.14 the options form fails ("onednn.qlinear_prepack is not an
-        # OpOverload"); the patch costs microseconds on later calls.
-        with torch._inductor.config.patch(freezing=True):
-            return program(inputs)
+        # Compiled here, at load, with frozen weights: inductor prepacks the int8 weights for
+        # oneDNN and fuses the quantize / dequantize pairs into its int8 kernels. Set as a
+        # config patch, not torch.compile(options=...): with torchao 0.18 on torch 2.14 the
+        # options form fails ("onednn.qlinear_prepack is not an OpOverload"). Later calls have
+        # the same static shapes, so nothing compiles again outside the patch.
+        with torch.no_grad(), torch._inductor.config.patch(freezing=True):
+            self._image(programs.image_example)
+            self._pose(programs.pose_example)
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -288,8 +290,8 @@ class Int8Backend(Backend):
         # The program takes one image (static shapes): a batch runs image by image.
         images = images.float().contiguous()
         if len(images) == 1:
-            return self._run(self._image, images)
-        return torch.cat([self._run(self._image, image[None]) for image in images])
+            return self._image(images)
+        return torch.cat([self._image(image[None]) for image in images])
 
     @torch.no_grad()
     def encode_poses(self, poses: torch.Tensor) -> torch.Tensor:
@@ -301,24 +303,16 @@ class Int8Backend(Backend):
         flat = poses.reshape(-1, 7).float()
         n = self.num_candidates
         if len(flat) == n:  # the search's case: no copy
-            codes = self._run(self._pose, flat.contiguous())
+            codes = self._pose(flat.contiguous())
         else:
             chunks = []
             for start in range(0, len(flat), n):
                 chunk = flat[start:start + n]
                 if len(chunk) < n:
                     chunk = torch.cat([chunk, chunk[:1].expand(n - len(chunk), 7)])
-                chunks.append(self._run(self._pose, chunk.contiguous()))
+                chunks.append(self._pose(chunk.contiguous()))
             codes = torch.cat(chunks)[:len(flat)]
         return codes.reshape(*poses.shape[:-1], codes.shape[-1])
-
-    def score(self, image_codes: torch.Tensor, pose_codes: torch.Tensor) -> torch.Tensor:
-        """Eq. 1 in float32."""
-        return self._score(image_codes, pose_codes)
-
-    def sample(self, centers, weights, uniform, normal, sigma) -> torch.Tensor:
-        """The search's proposer (compiled)."""
-        return self._sample(centers, weights, uniform, normal, sigma)
 
     def describe(self) -> dict:
         """Backend, device, precision, threads and the programs used."""
