@@ -40,19 +40,25 @@ lint: setup
 demo: setup
 	$(VENV)/bin/imposing-ros demo
 
-# The committed demo model, reproduced: render the city (about 19 min), train (about an hour on
-# 2 cores: config/train_helsinki.yaml), keep fp16 weights (models/ holds at most 50 MB).
+# The committed demo model, reproduced: render the city, train on every frame of the five
+# training traversals (config/train_helsinki.yaml), keep fp16 weights (models/ holds at most
+# 50 MB). Each step prints its wall time; figures of one run are in docs/training.md.
 TRAIN_TRAVERSALS := t1_sunny_summer t2_overcast_autumn t3_dusk_summer t4_foggy_spring t5_snowy_winter
+HELDOUT := data/helsinki/t6_heldout_winter_morning
+timed = start=$$(date +%s); $(1); rc=$$?; echo "[$(2): $$(( $$(date +%s) - start )) s]"; exit $$rc
+
 demo-data: setup
-	test -f data/helsinki/t6_heldout_winter_morning/metadata.yaml || \
-	  $(VENV)/bin/imposing-ros sim --scene config/scenes/helsinki.yaml --out data/helsinki
+	@test -f $(HELDOUT)/metadata.yaml || { $(call timed,$(VENV)/bin/imposing-ros sim \
+	  --scene config/scenes/helsinki.yaml --out data/helsinki,render); }
 
 demo-model: demo-data
-	$(VENV)/bin/imposing-ros train --config config/train_helsinki.yaml --stride 3 --out runs/helsinki \
-	  $(foreach t,$(TRAIN_TRAVERSALS),--train helsinki=data/helsinki/$(t)) \
-	  --val helsinki=data/helsinki/t6_heldout_winter_morning
-	$(VENV)/bin/imposing-ros export --model runs/helsinki/last.pt --format checkpoint-fp16 \
-	  --out models/helsinki_demo.pt
+	@$(call timed,$(VENV)/bin/imposing-ros train --config config/train_helsinki.yaml \
+	  --out runs/helsinki $(foreach t,$(TRAIN_TRAVERSALS),--train helsinki=data/helsinki/$(t)) \
+	  --val helsinki=$(HELDOUT),train)
+	@$(call timed,$(VENV)/bin/imposing-ros export --model runs/helsinki/last.pt \
+	  --format checkpoint-fp16 --out models/helsinki_demo.pt,export)
+	@$(call timed,$(VENV)/bin/imposing-ros evaluate --model models/helsinki_demo.pt \
+	  --data $(HELDOUT) --backend torch --json runs/helsinki/heldout.json,evaluate)
 
 bench: setup
 	$(VENV)/bin/imposing-ros bench --json runs/bench.json

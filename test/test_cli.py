@@ -1,6 +1,7 @@
 """The `imposing-ros` command end to end on the plain folder layout: train, evaluate, localize."""
 
 import json
+import shutil
 
 import pytest
 
@@ -38,13 +39,32 @@ def test_train_evaluate_localize(folders, capsys):
                      '--csv', str(root / 'e.csv')]) == 0
     summary = json.loads((root / 'e.json').read_text())
     assert summary['frames'] == 6 and summary['failed'] == 0
-    assert {'median_m', 'recall_0.5m_2deg', 'recall_5m_10deg'} <= set(summary)
+    assert {'median_m', 'recall_0.5m_2deg', 'recall_5m_10deg', 'low_score', 'xy_in_95_ellipse',
+            'nees'} <= set(summary)
+    assert summary['calibrated_frames'] == 6 - summary['failed']
     assert len((root / 'e.csv').read_text().splitlines()) == 7
     assert 'recall' in capsys.readouterr().out
     assert cli.main(['localize', '--model', str(out / 'last.pt'), '--images',
                      str(test / 'images'), '--out', str(root / 'poses.csv')]) == 0
     lines = (root / 'poses.csv').read_text().splitlines()
-    assert lines[0] == 'timestamp,image,x,y,z,qx,qy,qz,qw,score' and len(lines) == 7
+    assert lines[0] == 'timestamp,image,x,y,z,qx,qy,qz,qw,score,status' and len(lines) == 7
+    assert all(line.rsplit(',', 1)[1] in ('ok', 'low_score') for line in lines[1:])
+
+
+def test_localize_keeps_every_result_past_a_bad_file(folders, tmp_path):
+    root, _, test = folders
+    images = tmp_path / 'images'
+    shutil.copytree(test / 'images', images)
+    (images / 'broken.png').write_text('not an image')
+    out = tmp_path / 'poses.csv'
+    assert cli.main(['localize', '--model', str(root / 'run' / 'last.pt'), '--images',
+                     str(images), '--out', str(out), '--min-score', '1.01']) == 0
+    rows = [line.split(',') for line in out.read_text().splitlines()[1:]]
+    assert len(rows) == 7
+    status = {row[1]: row[-1] for row in rows}
+    assert status.pop('broken.png') == 'error'
+    # No score reaches 1.01: every pose is written and flagged.
+    assert set(status.values()) == {'low_score'}
 
 
 def test_cli_errors_are_clear_and_write_nothing(folders, tmp_path, capsys):

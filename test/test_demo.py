@@ -137,17 +137,23 @@ def test_summary_counts_errors_and_failures(tiny_bag):
     info = BagInfo(bag)
     sent = {START_NS + i * PERIOD_NS: 10.0 + i for i in range(FRAMES)}
     poses = []
-    for i in range(0, FRAMES, 2):  # half the frames localized, 2 m off in y
+    localized = [i for i in range(FRAMES) if i % 4 != 3]  # 3 frames of 4, 2 m off in y
+    for i in localized:
         stamp = START_NS + i * PERIOD_NS
         matrix = info.truth_at(stamp).copy()
         matrix[1, 3] += 2.0
         poses.append((10.0 + i + 0.05, stamp, matrix))
     s = summarize(info, sent, poses, {})
-    assert s['poses'] == s['poses_with_truth'] == FRAMES // 2
+    assert s['poses'] == len(localized) and s['frames_with_truth'] == FRAMES
+    assert s['missed'] == FRAMES - len(localized)
     assert math.isclose(s['median_error_m'], 2.0, abs_tol=1e-6)
     assert math.isclose(s['latency_ms']['p50'], 50.0, abs_tol=1e-3)
-    assert s['recall']['5.0m/10.0deg'] == pytest.approx(0.5)
+    # Misses count in every recall: 3 of 4 frames are within 5 m.
+    assert s['recall']['5.0m/10.0deg'] == pytest.approx(len(localized) / FRAMES)
     assert s['recall']['1.0m/5.0deg'] == 0.0
+    # With half the frames missed the median is a miss too, not the median of the poses.
+    half = [p for p in poses if (p[1] - START_NS) // PERIOD_NS % 2 == 0]
+    assert summarize(info, sent, half, {})['median_error_m'] == math.inf
 
 
 @pytest.mark.ros
@@ -167,7 +173,7 @@ def test_demo_end_to_end(tiny_bag):
     assert summary['images_sent'] == FRAMES
     # 10 Hz replay, ~30 ms per frame: nearly every frame is localized.
     assert FRAMES // 2 <= summary['poses'] <= FRAMES
-    assert summary['poses_with_truth'] == summary['poses']
+    assert summary['frames_with_truth'] == FRAMES
     assert math.isfinite(summary['median_error_m'])
     assert summary['latency_ms']['p50'] > 0
     assert summary['localizer backend'] == resolve_backend_name(DEFAULT_BACKEND, 'cpu')

@@ -17,7 +17,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from imposing_ros.evaluation.metrics import format_summary, pose_errors, summarize
+from imposing_ros.evaluation.metrics import (
+    covariance_calibration,
+    format_summary,
+    pose_errors,
+    summarize,
+)
 from imposing_ros.localization.localizer import Localizer, LocalizerConfig
 from imposing_ros.runtime.backends import (
     add_backend_arguments,
@@ -32,27 +37,43 @@ LOGGER = logging.getLogger('imposing_ros.evaluation')
 def evaluate(model_path: str | Path, frames, scene: str | None = None,
              config: LocalizerConfig | None = None, device: str = 'cpu',
              backend: str = DEFAULT_BACKEND, inductor: str = DEFAULT_INDUCTOR,
-             engine_cache: str | None = None):
-    """Localize every frame; return (summary dict, estimates [M, 7], truth [M, 7], scores)."""
+             engine_cache: str | None = None, min_score: float = 0.0):
+    """Localize every frame; return (summary dict, estimates [M, 7], truth [M, 7], scores).
+
+    A frame fails (infinite error, NaN estimate) when localization raises or when its best score
+    is 0 or under ``min_score``: a pose nobody would publish is not counted as a pose. The
+    summary adds the calibration of the covariances of the localized frames
+    (:func:`~imposing_ros.evaluation.metrics.covariance_calibration`).
+    """
     localizer = Localizer.from_checkpoint(model_path, scene, config, device, backend, inductor,
                                           engine_cache)
-    estimates, truth, scores = [], [], []
+    estimates, truth, scores, covariances = [], [], [], []
+    low_score = 0
     for frame in tqdm(frames, desc='evaluate', unit='frame', dynamic_ncols=True):
         truth.append(frame.pose)
         try:
             result = localizer.localize(frame.image)
         except (ValueError, RuntimeError) as exc:
             LOGGER.warning('%s: localization failed: %s', frame.source, exc)
-            estimates.append(np.full(7, np.nan))
+            result = None
+        if result is not None and (result.score <= 0 or result.score < min_score):
+            low_score += 1
+            scores.append(result.score)
+            result = None
+        elif result is not None:
+            scores.append(result.score)
+        else:
             scores.append(0.0)
-            continue
-        estimates.append(result.pose)
-        scores.append(result.score)
+        estimates.append(np.full(7, np.nan) if result is None else result.pose)
+        covariances.append(np.full((6, 6), np.nan) if result is None else result.covariance)
     if not truth:
         raise ValueError('the test set yielded no frames')
     est, gt = np.stack(estimates), np.stack(truth)
     et, er = pose_errors(torch.from_numpy(est), torch.from_numpy(gt))
-    return summarize(et.numpy(), er.numpy()), est, gt, np.asarray(scores)
+    summary = summarize(et.numpy(), er.numpy())
+    summary['low_score'] = low_score
+    summary.update(covariance_calibration(est, gt, np.stack(covariances)))
+    return summary, est, gt, np.asarray(scores)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +84,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--candidates', type=int, help='candidates per level (default 4096)')
     parser.add_argument('--levels', type=int, help='levels (default 6)')
     parser.add_argument('--device', default='cpu')
+    parser.add_argument('--min-score', type=float, default=0.0,
+                        help='count a best score under this as a failure, as the node does with '
+                             'its min_score (default 0: only a score of 0 fails)')
     add_backend_arguments(parser)
     parser.add_argument('--json', help='write the summary here')
     parser.add_argument('--csv', help='write per-frame estimates here')
@@ -81,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
         search = replace(search, levels=args.levels)
     summary, est, gt, scores = evaluate(args.model, open_dataset(args.data), args.scene,
                                         LocalizerConfig(search=search), args.device,
-                                        args.backend, args.inductor, args.engine_cache)
+                                        args.backend, args.inductor, args.engine_cache,
+                                        args.min_score)
     print(format_summary(summary))
     if args.json:
         atomic_write_text(args.json, json.dumps(summary, indent=2))

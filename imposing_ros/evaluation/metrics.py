@@ -5,10 +5,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import roma
 import torch
 
-from imposing_ros.geometry import rotation_distance
+from imposing_ros.geometry import canonical_quat, rotation_distance
 
+# Squared Mahalanobis radius of the 95 % ellipse of a 2-D Gaussian: chi2.ppf(0.95, 2).
+CHI2_2DOF_95 = -2.0 * math.log(0.05)
 # (metres, degrees) thresholds of the recall table (paper section 4 and hloc's convention).
 RECALL_THRESHOLDS = ((0.5, 2.0), (1.0, 5.0), (5.0, 10.0))
 
@@ -25,6 +28,45 @@ def pose_errors(estimate: torch.Tensor, truth: torch.Tensor) -> tuple[torch.Tens
     er = torch.rad2deg(rotation_distance(safe[:, 3:] / safe[:, 3:].norm(dim=-1, keepdim=True),
                                          truth[:, 3:] / truth[:, 3:].norm(dim=-1, keepdim=True)))
     return et.masked_fill(failed, math.inf), er.masked_fill(failed, math.inf)
+
+
+def covariance_calibration(estimate: np.ndarray, truth: np.ndarray,
+                           covariance: np.ndarray) -> dict:
+    """How well published covariances ``[M, 6, 6]`` describe the true errors.
+
+    Covariances are in the ROS layout of :func:`imposing_ros.geometry.weighted_pose_covariance`
+    (x, y, z in metres, then the rotation vector of ``q_true * q_estimate^-1`` in radians about
+    the map axes). Frames whose estimate is not finite are skipped (they are failures already).
+
+    Returns ``xy_in_95_ellipse``: share of frames whose true (x, y) lies inside the 95 % ellipse
+    of the (x, y) block (0.95 when calibrated); ``nees``: mean normalised estimation error
+    squared over the 6 degrees of freedom (6 when calibrated); ``nees_position`` over x, y, z
+    (3 when calibrated); ``calibrated_frames``: frames counted.
+    """
+    estimate, truth = np.asarray(estimate, float), np.asarray(truth, float)
+    covariance = np.asarray(covariance, float)
+    if covariance.shape != (len(estimate), 6, 6):
+        raise ValueError(f'covariance must be [M, 6, 6] for {len(estimate)} estimates, got '
+                         f'{covariance.shape}')
+    ok = np.isfinite(estimate).all(axis=1) & np.isfinite(covariance).all(axis=(1, 2))
+    if not ok.any():
+        return {'calibrated_frames': 0, 'xy_in_95_ellipse': math.nan, 'nees': math.nan,
+                'nees_position': math.nan}
+    est, gt, cov = (torch.from_numpy(a[ok]) for a in (estimate, truth, covariance))
+    dq = roma.quat_product(gt[:, 3:] / gt[:, 3:].norm(dim=-1, keepdim=True),
+                           roma.quat_conjugation(est[:, 3:] / est[:, 3:].norm(dim=-1,
+                                                                               keepdim=True)))
+    residual = torch.cat([gt[:, :3] - est[:, :3], roma.unitquat_to_rotvec(canonical_quat(dq))],
+                         dim=-1)
+
+    def mahalanobis2(r, c):
+        return (r * torch.linalg.solve(c, r[..., None])[..., 0]).sum(dim=-1)
+
+    xy = mahalanobis2(residual[:, :2], cov[:, :2, :2])
+    return {'calibrated_frames': int(ok.sum()),
+            'xy_in_95_ellipse': float((xy <= CHI2_2DOF_95).double().mean()),
+            'nees': float(mahalanobis2(residual, cov).mean()),
+            'nees_position': float(mahalanobis2(residual[:, :3], cov[:, :3, :3]).mean())}
 
 
 def summarize(errors_t, errors_r) -> dict:
@@ -52,9 +94,14 @@ def summarize(errors_t, errors_r) -> dict:
 
 def format_summary(summary: dict) -> str:
     """One readable block for terminals and notes."""
-    lines = [f"frames {summary['frames']} (failed {summary['failed']})",
+    low = f", {summary['low_score']} of them for a low score" if summary.get('low_score') else ''
+    lines = [f"frames {summary['frames']} (failed {summary['failed']}{low})",
              f"median {summary['median_m']:.2f} m, {summary['median_deg']:.2f} deg; "
              f"mean {summary['mean_m']:.2f} m, {summary['mean_deg']:.2f} deg"]
     recalls = [f'{k[7:]}: {100 * v:.1f}%' for k, v in summary.items() if k.startswith('recall_')]
     lines.append('recall ' + ', '.join(recalls))
+    if 'xy_in_95_ellipse' in summary:
+        lines.append(f"covariance: {100 * summary['xy_in_95_ellipse']:.1f}% of true (x, y) in "
+                     f"the 95% ellipse, NEES {summary['nees']:.2f} (6 DoF, 6 if calibrated), "
+                     f"position {summary['nees_position']:.2f} (3)")
     return '\n'.join(lines)

@@ -1,8 +1,11 @@
 """Localize the images of a folder with a trained model, write poses to CSV.
 
-Output columns: ``timestamp,image,x,y,z,qx,qy,qz,qw,score`` (the plain dataset layout plus the
-score; ``timestamp`` is the image's index when no stamp is known). Poses are T_map_camera of the
-camera body frame. The CSV is written only once every image has been processed.
+Output columns: ``timestamp,image,x,y,z,qx,qy,qz,qw,score,status`` (the plain dataset layout
+plus the score and a status; ``timestamp`` is the image's index when no stamp is known). Poses
+are T_map_camera of the camera body frame. ``status`` is ``ok``, ``low_score`` (best score 0 or
+under ``--min-score``: the pose is written but should not be trusted, and the node would not
+publish it) or ``error`` (the image could not be read or localized: empty pose, reason in the log).
+One bad image loses nothing else; the CSV is written once every image has been processed.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.ppm')
 def localize_folder(model: str | Path, images: str | Path, out: str | Path,
                     scene: str | None = None, device: str = 'cpu',
                     backend: str = DEFAULT_BACKEND, inductor: str = DEFAULT_INDUCTOR,
-                    engine_cache: str | None = None) -> Path:
+                    engine_cache: str | None = None, min_score: float = 0.0) -> Path:
     """Localize every image file under ``images`` (sorted) and write ``out``."""
     images = Path(images)
     if not images.is_dir():
@@ -39,11 +42,26 @@ def localize_folder(model: str | Path, images: str | Path, out: str | Path,
         raise ValueError(f'{images}: no image files ({", ".join(IMAGE_SUFFIXES)})')
     localizer = Localizer.from_checkpoint(model, scene, device=device, backend=backend,
                                           inductor=inductor, engine_cache=engine_cache)
-    lines = ['timestamp,image,x,y,z,qx,qy,qz,qw,score']
+    lines = ['timestamp,image,x,y,z,qx,qy,qz,qw,score,status']
+    counts = {'ok': 0, 'low_score': 0, 'error': 0}
     for i, path in enumerate(tqdm(files, desc='localize', unit='image', dynamic_ncols=True)):
-        result = localizer.localize(load_rgb(path))
+        name = path.relative_to(images)
+        try:
+            result = localizer.localize(load_rgb(path))
+        except (ValueError, RuntimeError) as exc:
+            LOGGER.error('%s: not localized: %s', name, exc)
+            counts['error'] += 1
+            lines.append(f'{i},{name},,,,,,,,,error')
+            continue
+        status = 'ok' if result.score > 0 and result.score >= min_score else 'low_score'
+        if status == 'low_score':
+            LOGGER.warning('%s: best score %.3f (under %.3f or 0): the pose is not reliable',
+                           name, result.score, min_score)
+        counts[status] += 1
         values = ','.join(f'{v:.6f}' for v in result.pose)
-        lines.append(f'{i},{path.relative_to(images)},{values},{result.score:.4f}')
+        lines.append(f'{i},{name},{values},{result.score:.4f},{status}')
+    LOGGER.info('%d images: %d localized, %d with a low score, %d errors', len(files),
+                counts['ok'], counts['low_score'], counts['error'])
     return atomic_write_text(out, '\n'.join(lines) + '\n')
 
 
@@ -54,12 +72,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--out', required=True, help='CSV to write')
     parser.add_argument('--scene', help='scene of a multi-scene model')
     parser.add_argument('--device', default='cpu')
+    parser.add_argument('--min-score', type=float, default=0.0,
+                        help='flag poses whose best score is under this as low_score (default 0: '
+                             'only a score of 0)')
     add_backend_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Entry of ``imposing-ros localize``."""
     out = localize_folder(args.model, args.images, args.out, args.scene, args.device,
-                          args.backend, args.inductor, args.engine_cache)
+                          args.backend, args.inductor, args.engine_cache, args.min_score)
     print(f'poses: {out}')
     return 0

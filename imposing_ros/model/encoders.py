@@ -144,20 +144,23 @@ class PoseEncoder(nn.Module):
         return self.mlp(self.fourier(canonical_poses(poses)))
 
 
-def similarity(image_codes: torch.Tensor, pose_codes: torch.Tensor) -> torch.Tensor:
-    """Score of eq. 1: ReLU of the cosine similarity, in [0, 1].
+def cosine(image_codes: torch.Tensor, pose_codes: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of image and pose codes, in [-1, 1].
 
     Args:
         image_codes: ``[B, d]``.
         pose_codes: ``[N, d]`` (shared by all images) or ``[B, N, d]``.
 
     Returns:
-        ``[B, N]`` scores.
+        ``[B, N]`` cosines.
     """
     image = nn.functional.normalize(image_codes, dim=-1)
     poses = nn.functional.normalize(pose_codes, dim=-1)
     if poses.ndim == 2:
-        cosine = image @ poses.transpose(0, 1)
-    else:
-        cosine = torch.einsum('bd,bnd->bn', image, poses)
-    return cosine.relu()
+        return image @ poses.transpose(0, 1)
+    return torch.einsum('bd,bnd->bn', image, poses)
+
+
+def similarity(image_codes: torch.Tensor, pose_codes: torch.Tensor) -> torch.Tensor:
+    """Score of eq. 1: ReLU of the :func:`cosine` similarity, ``[B, N]`` in [0, 1]."""
+    return cosine(image_codes, pose_codes).relu()

@@ -34,6 +34,7 @@ import time
 import numpy as np
 import yaml
 
+from imposing_ros.evaluation import metrics
 from imposing_ros.geometry import pose_to_matrix
 from imposing_ros.nodes import node_set
 
@@ -47,8 +48,6 @@ DEFAULT_BAG = 'runs/demo/helsinki_heldout'
 DEMO_DOMAIN_ID = '73'
 # Period of /clock during playback (bag time): 40 Hz, the rate of ros2 bag play --clock.
 CLOCK_PERIOD_NS = 25_000_000
-# (metres, degrees) recall thresholds, as hloc reports outdoor localization.
-THRESHOLDS = ((0.5, 2.0), (1.0, 5.0), (5.0, 10.0))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -324,28 +323,42 @@ class Session:
 
 
 def summarize(info: BagInfo, sent: dict, poses: list, diagnostics: dict) -> dict:
-    """Errors of base_link against ground truth and end-to-end latencies (ms)."""
-    errors_t, errors_r, latencies = [], [], []
+    """Errors of base_link against ground truth and end-to-end latencies (ms).
+
+    Every image played is one frame: an image without a published pose is a miss (infinite
+    error) in the median and in every recall, as in ``imposing-ros evaluate``
+    (:mod:`imposing_ros.evaluation.metrics`). Images without ground truth are left out.
+    """
+    published = {}
+    latencies = []
     for received, stamp, t_map_base in poses:
+        published.setdefault(stamp, t_map_base)
+        if stamp in sent:
+            latencies.append(1e3 * (received - sent[stamp]))
+    errors_t, errors_r = [], []
+    for stamp in sorted(sent):
         truth = info.truth_at(stamp)
         if truth is None:
             continue
-        errors_t.append(float(np.linalg.norm(t_map_base[:3, 3] - truth[:3, 3])))
-        cos = (np.trace(truth[:3, :3].T @ t_map_base[:3, :3]) - 1) / 2
+        estimate = published.get(stamp)
+        if estimate is None:
+            errors_t.append(math.inf)
+            errors_r.append(math.inf)
+            continue
+        errors_t.append(float(np.linalg.norm(estimate[:3, 3] - truth[:3, 3])))
+        cos = (np.trace(truth[:3, :3].T @ estimate[:3, :3]) - 1) / 2
         errors_r.append(math.degrees(math.acos(max(-1.0, min(1.0, cos)))))
-        if stamp in sent:
-            latencies.append(1e3 * (received - sent[stamp]))
-    n = len(sent)
-    summary = {'bag': str(info.path), 'images_sent': n, 'poses': len(poses),
-               'poses_with_truth': len(errors_t)}
+    summary = {'bag': str(info.path), 'images_sent': len(sent), 'poses': len(poses),
+               'frames_with_truth': len(errors_t)}
     if errors_t:
-        t, r = np.array(errors_t), np.array(errors_r)
+        stats = metrics.summarize(errors_t, errors_r)
         summary.update({
-            'median_error_m': float(np.median(t)), 'mean_error_m': float(t.mean()),
-            'median_error_deg': float(np.median(r)), 'mean_error_deg': float(r.mean()),
-            # Frames without a pose count as failures (infinite error), as hloc does.
-            'recall': {f'{m}m/{d}deg': float(((t < m) & (r < d)).sum() / max(n, 1))
-                       for m, d in THRESHOLDS},
+            'missed': stats['failed'],
+            'median_error_m': stats['median_m'], 'median_error_deg': stats['median_deg'],
+            'mean_error_m_localized': stats['mean_m_localized'],
+            'mean_error_deg_localized': stats['mean_deg_localized'],
+            'recall': {f'{float(m)}m/{float(d)}deg': stats[f'recall_{m:g}m_{d:g}deg']
+                       for m, d in metrics.RECALL_THRESHOLDS},
         })
     if latencies:
         lat = np.array(latencies)
@@ -360,11 +373,12 @@ def format_summary(s: dict) -> str:
     """Human-readable summary."""
     lines = [f"demo on {s['bag']}",
              f"  frames: {s['images_sent']} images played, {s['poses']} poses published "
-             f"({s['poses_with_truth']} with ground truth)"]
+             f"({s['frames_with_truth']} frames with ground truth)"]
     if 'median_error_m' in s:
-        lines.append(f"  error: median {s['median_error_m']:.2f} m / "
-                     f"{s['median_error_deg']:.2f} deg, mean {s['mean_error_m']:.2f} m / "
-                     f"{s['mean_error_deg']:.2f} deg")
+        lines.append(f"  error over all frames ({s['missed']} without a pose count as misses): "
+                     f"median {s['median_error_m']:.2f} m / {s['median_error_deg']:.2f} deg; "
+                     f"mean over localized frames {s['mean_error_m_localized']:.2f} m / "
+                     f"{s['mean_error_deg_localized']:.2f} deg")
         lines.append('  recall (all frames): ' + ', '.join(
             f'{k} {100 * v:.1f}%' for k, v in s['recall'].items()))
     if 'latency_ms' in s:

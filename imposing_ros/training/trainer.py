@@ -8,6 +8,7 @@ from them.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 import logging
 import math
@@ -29,11 +30,16 @@ from imposing_ros.config import config_to_dict
 from imposing_ros.geometry import canonical_poses, MapNormalization, perturb_poses
 from imposing_ros.localization.search import gather_poses, sample_mixture, SearchConfig
 from imposing_ros.model.checkpoint import load_model, read_checkpoint, save_checkpoint
-from imposing_ros.model.encoders import ModelConfig
+from imposing_ros.model.encoders import cosine, ModelConfig
 from imposing_ros.model.imposing import ImPosing, SceneMap
 from imposing_ros.training.losses import score_loss, target_scores
 
 LOGGER = logging.getLogger('imposing_ros.training')
+LR_SCHEDULES = ('constant', 'cosine')
+PRECISIONS = ('auto', 'fp32', 'bf16')
+# A final-level training batch where fewer than this share of cosines is positive is collapsing:
+# the ReLU score is 0 almost everywhere, so the search has nothing to rank.
+COLLAPSE_POSITIVE_SHARE = 0.01
 
 
 @dataclass(frozen=True)
@@ -42,8 +48,25 @@ class TrainConfig:
 
     epochs: int = 250
     batch_size: int = 16
-    # Adam at a constant learning rate (paper: 1e-4).
+    # Adam's peak learning rate (paper: 1e-4, constant).
     lr: float = 1e-4
+    # 'constant' (paper) or 'cosine': decay from lr to lr_final_fraction * lr over the run.
+    lr_schedule: str = 'constant'
+    lr_final_fraction: float = 0.02
+    # Linear warm-up from lr / 10 over the first warmup_epochs epochs (fractional; 0 = none).
+    warmup_epochs: float = 0.0
+    # Arithmetic of the forward pass: 'fp32', 'bf16' (autocast; weights and optimizer stay
+    # fp32) or 'auto': on CUDA bf16 where the GPU supports it; on a CPU, a few timed steps of
+    # each at start-up and the faster one (an AVX-512 CPU without AVX512_BF16 emulates bf16
+    # and runs ~3x slower than fp32, while AMX runs it much faster: only a measurement tells).
+    precision: str = 'auto'
+    # Images in channels-last memory layout (faster convolutions in oneDNN and cuDNN).
+    channels_last: bool = True
+    # The L1 loss of eq. 5 compares targets with the raw cosine (no ReLU): a cosine below 0 still
+    # gets a gradient towards 0. With the ReLU score of eq. 1 in the loss, a model whose cosines
+    # all turn negative has no gradient left and never recovers (seen on small datasets).
+    # Inference always uses the ReLU score; false restores the paper's loss.
+    loss_on_cosine: bool = True
     # Candidates per level during training; inference uses SearchConfig.num_candidates (4096).
     # Fewer here keeps a CPU step affordable; every level is still supervised.
     num_candidates: int = 1024
@@ -73,8 +96,26 @@ class TrainConfig:
             raise ValueError(f'lr must be in (0, 1), got {self.lr}')
         if not 2 <= self.top_k <= self.num_candidates:
             raise ValueError('top_k must be in [2, num_candidates]')
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f'lr_schedule must be one of {LR_SCHEDULES}, got '
+                             f'{self.lr_schedule!r}')
+        if not 0 < self.lr_final_fraction <= 1 or self.warmup_epochs < 0:
+            raise ValueError('lr_final_fraction must be in (0, 1] and warmup_epochs >= 0')
+        if self.precision not in PRECISIONS:
+            raise ValueError(f'precision must be one of {PRECISIONS}, got {self.precision!r}')
         SearchConfig(num_candidates=self.num_candidates, levels=self.levels, top_k=self.top_k,
                      sigma=self.sigma, schedule=self.schedule, num_average=1)
+
+    def lr_factor(self, progress: float) -> float:
+        """Learning rate / ``lr`` at ``progress`` epochs (fractional) into the run."""
+        factor = 1.0
+        if self.lr_schedule == 'cosine':
+            t = min(max(progress / self.epochs, 0.0), 1.0)
+            low = self.lr_final_fraction
+            factor = low + (1 - low) * 0.5 * (1 + math.cos(math.pi * t))
+        if progress < self.warmup_epochs:
+            factor *= 0.1 + 0.9 * progress / self.warmup_epochs
+        return factor
 
     def search_config(self) -> SearchConfig:
         """The proposer settings as a SearchConfig."""
@@ -108,11 +149,14 @@ class ScoreLoss(nn.Module):
 
     def forward(self, images: torch.Tensor, poses: torch.Tensor, scene: str,
                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Loss and final-level predicted scores for ``images [B, 3, H, W]``, ``poses [B, 7]``."""
+        """Loss and final-level cosines ``[B, N]`` for ``images [B, 3, H, W]``, ``poses [B, 7]``.
+
+        Codes may come out of a bf16 autocast region; cosines, targets and the loss are float32.
+        """
         cfg, model = self.config, self.model
         scene_map = model.maps[scene]
         scale = scene_map.normalization.scale
-        image_codes = model.encode_images(images, scene)
+        image_codes = model.encode_images(images, scene).float()
         batch, device = images.shape[0], images.device
         n = cfg.num_candidates
         # Level 0: a random subset of the initial candidates, uniform noise in [-v, v].
@@ -124,10 +168,11 @@ class ScoreLoss(nn.Module):
         predicted, targets = [], []
         for level in range(cfg.levels):
             if level > 0:
-                candidates = self._propose(candidates, predicted[-1].detach(), targets[-1],
-                                           level, generator)
-            codes = model.encode_poses(candidates if level else candidates[0], scene)
-            predicted.append(model.score(image_codes, codes))
+                candidates = self._propose(candidates, predicted[-1].detach().relu(),
+                                           targets[-1], level, generator)
+            codes = model.encode_poses(candidates if level else candidates[0], scene).float()
+            raw = cosine(image_codes, codes)
+            predicted.append(raw if cfg.loss_on_cosine else raw.relu())
             targets.append(target_scores(poses, candidates, scale, cfg.lambda_t, cfg.lambda_r))
         return score_loss(predicted, targets), predicted[-1].detach()
 
@@ -256,7 +301,18 @@ def train(scenes: dict[str, SceneData], out: str | Path, model_config: ModelConf
         loaders[name] = DataLoader(
             s.train, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
             num_workers=cfg.num_workers, drop_last=len(s.train) >= cfg.batch_size * world,
+            persistent_workers=cfg.num_workers > 0,
             generator=torch.Generator().manual_seed(cfg.seed))
+    steps_per_epoch = sum(len(loader) for loader in loaders.values())
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)
+    precision = cfg.precision
+    if precision == 'auto':
+        name, (images, poses) = next(_interleave(loaders))
+        precision = choose_precision(step, images.to(device, memory_format=memory_format),
+                                     poses.to(device), name)
+    LOGGER.info('training in %s on %s (%s), %d steps an epoch', precision, device,
+                'channels-last' if cfg.channels_last else 'contiguous', steps_per_epoch)
     generator = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank)
     best = min((h['val_median_m'] for h in history if 'val_median_m' in h), default=math.inf)
 
@@ -265,23 +321,41 @@ def train(scenes: dict[str, SceneData], out: str | Path, model_config: ModelConf
         for loader in loaders.values():
             if isinstance(loader.sampler, DistributedSampler):
                 loader.sampler.set_epoch(epoch)
-        t0, losses = time.perf_counter(), []
+        t0, losses, positive = time.perf_counter(), [], []
         bar = tqdm(_interleave(loaders), desc=f'epoch {epoch + 1}/{cfg.epochs}', leave=False,
-                   total=sum(len(loader) for loader in loaders.values()),
-                   disable=True if rank else None, dynamic_ncols=True)  # None: off if no tty
-        for name, (images, poses) in bar:
-            loss, _ = ddp(images.to(device), poses.to(device), name, generator)
+                   total=steps_per_epoch, disable=True if rank else None,
+                   dynamic_ncols=True)  # None: off if no tty
+        for i, (name, (images, poses)) in enumerate(bar):
+            for group in optimizer.param_groups:
+                group['lr'] = cfg.lr * cfg.lr_factor(epoch + i / steps_per_epoch)
+            with _autocast(precision, device):
+                loss, final = ddp(images.to(device, memory_format=memory_format),
+                                  poses.to(device), name, generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
+            positive.append(float((final > 0).float().mean()))
             bar.set_postfix(loss=f'{losses[-1]:.4f}')
             if bar.disable and rank == 0 and len(losses) % 100 == 0:  # no tty: log progress
-                LOGGER.info('epoch %d step %d/%d: loss %.4f (%.2f s/step)', epoch + 1,
-                            len(losses), bar.total, np.mean(losses[-100:]),
-                            (time.perf_counter() - t0) / len(losses))
+                elapsed = time.perf_counter() - t0
+                left = elapsed / len(losses) * (steps_per_epoch * (cfg.epochs - epoch)
+                                                - len(losses))
+                LOGGER.info('epoch %d step %d/%d: loss %.4f, %.2f s/step, %.1f frames/s, '
+                            'ETA %s', epoch + 1, len(losses), steps_per_epoch,
+                            np.mean(losses[-100:]), elapsed / len(losses),
+                            len(losses) * cfg.batch_size / elapsed, _hms(left))
+        seconds = time.perf_counter() - t0
         record = {'epoch': epoch + 1, 'loss': float(np.mean(losses)) if losses else math.nan,
-                  'seconds': time.perf_counter() - t0}
+                  'seconds': seconds, 'frames_per_s': len(losses) * cfg.batch_size / seconds,
+                  'lr': optimizer.param_groups[0]['lr'],
+                  'positive_share': float(np.mean(positive)) if positive else math.nan}
+        if record['positive_share'] < COLLAPSE_POSITIVE_SHARE:
+            LOGGER.warning('epoch %d: training has collapsed: only %.2f %% of final-level cosines '
+                           'are positive, so the ReLU score is 0 almost everywhere and the search '
+                           'cannot rank candidates. Lower train.lr, add train.warmup_epochs, or '
+                           'keep train.loss_on_cosine true.', epoch + 1,
+                           100 * record['positive_share'])
         is_best = False
         if rank == 0 and cfg.val_every and (epoch + 1) % cfg.val_every == 0:
             record.update(_validate(model, scenes, search_config, cfg, device))
@@ -299,7 +373,52 @@ def train(scenes: dict[str, SceneData], out: str | Path, model_config: ModelConf
                 save_checkpoint(out / 'best.pt', model, cfg.seed, **extra)
     if world > 1:
         dist.barrier()
+    model.to(memory_format=torch.contiguous_format)
     return TrainResult(last, model, history)
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
+
+
+def _autocast(precision: str, device: torch.device):
+    """bf16 autocast region for ``precision == 'bf16'``, else nothing."""
+    if precision == 'bf16':
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def choose_precision(step: ScoreLoss, images: torch.Tensor, poses: torch.Tensor, scene: str,
+                     repeats: int = 3) -> str:
+    """'bf16' or 'fp32' for training ``step`` on this device, by measurement on a CPU.
+
+    CUDA: bf16 where the GPU supports it. CPU: ``repeats`` timed forward + backward passes of
+    each after one warm-up, on a real batch; bf16 only if at least 10 % faster. The weights are
+    not changed (gradients cleared, batch-norm statistics restored) and the training generator
+    is not used.
+    """
+    device = images.device
+    if device.type == 'cuda':
+        return 'bf16' if torch.cuda.is_bf16_supported() else 'fp32'
+    generator = torch.Generator(device=device).manual_seed(0)
+    saved = {k: v.clone() for k, v in step.state_dict().items()}  # batch-norm statistics
+    seconds = {}
+    for precision in ('fp32', 'bf16'):
+        times = []
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            with _autocast(precision, device):
+                loss, _ = step(images, poses, scene, generator)
+            loss.backward()
+            times.append(time.perf_counter() - t0)
+        step.zero_grad(set_to_none=True)
+        seconds[precision] = float(np.median(times[1:]))
+    step.load_state_dict(saved)
+    choice = 'bf16' if seconds['bf16'] < 0.9 * seconds['fp32'] else 'fp32'
+    LOGGER.info('training precision by measurement (batch of %d): fp32 %.3f s, bf16 %.3f s '
+                'a step -> %s', len(images), seconds['fp32'], seconds['bf16'], choice)
+    return choice
 
 
 def _interleave(loaders: dict[str, DataLoader]):
