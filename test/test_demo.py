@@ -20,7 +20,11 @@ cv2 = pytest.importorskip('cv2')
 from rosbags.typesys.stores import ros2_kilted as kilted  # noqa: E402
 from test_localizer_node import build_tiny_checkpoint  # noqa: E402
 
-from imposing_ros.geometry import matrix_to_quat_xyzw, T_camera_optical  # noqa: E402
+from imposing_ros.geometry import (  # noqa: E402
+    matrix_to_quat_xyzw,
+    pose_to_matrix,
+    T_camera_optical,
+)
 from imposing_ros.nodes.demo import BagInfo, demo_parameters, summarize  # noqa: E402
 from imposing_ros.runtime.backends import DEFAULT_BACKEND, resolve_backend_name  # noqa: E402
 
@@ -177,6 +181,62 @@ def test_demo_end_to_end(tiny_bag):
     assert math.isfinite(summary['median_error_m'])
     assert summary['latency_ms']['p50'] > 0
     assert summary['localizer backend'] == resolve_backend_name(DEFAULT_BACKEND, 'cpu')
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_node_publishes_what_evaluate_computes(tiny_bag):
+    """Global mode, fp32: the node publishes evaluate's camera poses through the extrinsic.
+
+    The bag's camera frame is optical; the node and the library must not disagree.
+    """
+    import torch
+
+    from imposing_ros.data.datasets import open_dataset
+    from imposing_ros.evaluation.cli import evaluate
+    from imposing_ros.localization.localizer import LocalizerConfig
+    from imposing_ros.localization.search import SearchConfig
+
+    model, bag, _, folder = tiny_bag
+    params = folder / 'global.yaml'
+    params.write_text("""/**/imposing_localizer:
+  ros__parameters:
+    search.num_candidates: 256
+    search.levels: 3
+    search.top_k: 16
+    search.num_average: 32
+    tracking.enabled: false
+    min_score: 0.0
+    backend: torch
+    inductor: 'off'
+""")
+    frames_csv = folder / 'frames.csv'
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
+    proc = subprocess.run(
+        [sys.executable, '-m', 'imposing_ros.cli', 'demo', '--model', str(model), '--bag',
+         str(bag), '--params', str(params), '--use-filter', 'false', '--csv', str(frames_csv)],
+        capture_output=True, text=True, env=env, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [line.split(',') for line in frames_csv.read_text().splitlines()[1:]]
+    published = {int(r[0]): np.array(r[1:8], float) for r in rows if r[1]}
+    assert len(rows) == FRAMES and len(published) >= FRAMES // 2
+
+    config = LocalizerConfig(search=SearchConfig(num_candidates=256, levels=3, top_k=16,
+                                                 num_average=32))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the node (OMP_NUM_THREADS=1): the same arithmetic
+    try:
+        _, estimates, _, _ = evaluate(model, open_dataset(str(bag)), config=config,
+                                      backend='torch', inductor='off')
+    finally:
+        torch.set_num_threads(threads)
+    stamps = [frame.stamp_ns for frame in open_dataset(str(bag))]
+    t_base_camera = BagInfo(bag).extrinsic @ np.linalg.inv(T_camera_optical())
+    for stamp, estimate in zip(stamps, estimates):
+        if stamp not in published:
+            continue
+        expected = pose_to_matrix(estimate) @ np.linalg.inv(t_base_camera)
+        assert np.allclose(pose_to_matrix(published[stamp]), expected, atol=1e-4), stamp
 
 
 def test_demo_without_model_fails_clearly(tmp_path):

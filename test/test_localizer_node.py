@@ -34,11 +34,11 @@ from std_msgs.msg import Float32  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
-from imposing_ros.geometry import pose_to_matrix, T_camera_optical  # noqa: E402
-from imposing_ros.nodes.image_conversion import (  # noqa: E402
+from imposing_ros.data.images import (  # noqa: E402
     ImageConversionError,
     message_to_rgb,
 )
+from imposing_ros.geometry import pose_to_matrix, T_camera_optical  # noqa: E402
 from imposing_ros.nodes.localizer_node import compose_covariance, extrinsic_matrix  # noqa: E402
 from imposing_ros.runtime.backends import DEFAULT_BACKEND, resolve_backend_name  # noqa: E402
 
@@ -127,6 +127,9 @@ def test_image_conversion_raw_compressed_and_padding():
     (Image(height=4, width=4, encoding='rgb8', step=12, data=bytes(20)), 'truncated'),
     (Image(height=4, width=4, encoding='rgb8', step=8, data=bytes(48)), 'step'),
     (CompressedImage(format='jpeg', data=bytes(64)), 'cannot decode'),
+    # a corrupt JPEG (valid header, garbage after): the reason is not empty
+    (CompressedImage(format='jpeg', data=b'\xff\xd8\xff\xe0' + bytes(range(256)) * 4),
+     r'cannot decode jpeg image of 1028 bytes: \w+: \S'),
     (CompressedImage(format='tiff', data=bytes(64)), 'unsupported compressed format'),
     (CompressedImage(format='jpeg'), 'empty compressed'),
 ])

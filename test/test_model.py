@@ -107,6 +107,10 @@ def test_checkpoint_errors_name_the_file(tmp_path):
     corrupt.write_bytes(b'not a checkpoint at all')
     with pytest.raises(CheckpointError, match='corrupt.pt: not a readable checkpoint'):
         load_model(corrupt)
+    empty = tmp_path / 'empty.pt'
+    empty.write_bytes(b'')
+    with pytest.raises(CheckpointError, match=r'empty.pt: the file is empty \(0 bytes\)'):
+        load_model(empty)
     path = save_checkpoint(tmp_path / 'm.pt', small_model(), seed=0)
     truncated = tmp_path / 'truncated.pt'
     truncated.write_bytes(path.read_bytes()[:2000])

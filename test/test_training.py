@@ -128,3 +128,88 @@ def test_multi_scene_training_shares_the_backbone(tmp_path):
             assert delta > 1e-5
     loaded, data = load_model(result.checkpoint)
     assert sorted(data['scenes']) == ['north', 'south']
+
+
+def _collapsed_run(road, train_cache, folder, config):
+    """A run directory whose last.pt is a model with every image-pose cosine near -0.9.
+
+    Image codes are a constant e1 + 0.5 e2 and pose codes a constant -e1 (zero weights, biases
+    only): the collapse seen on small datasets, where the ReLU score is 0 for every pair.
+    """
+    from imposing_ros.config import config_to_dict
+    from imposing_ros.model.checkpoint import save_checkpoint
+    from imposing_ros.model.imposing import ImPosing
+
+    scene_map = build_scene_map(road.reference_poses(), SEARCH.num_candidates, config.seed)
+    model = ImPosing(MODEL, {'road': scene_map})
+    head = model.image_encoder.heads['road']
+    last = model.pose_encoders['road'].mlp[-1]
+    with torch.no_grad():
+        for layer in (head, last):
+            layer.weight.zero_()
+            layer.bias.zero_()
+        head.bias[0], head.bias[1], last.bias[0] = 1.0, 0.5, -1.0
+    save_checkpoint(folder / 'last.pt', model, config.seed, train_config=config_to_dict(config),
+                    epoch=0, history=[])
+    return {'road': SceneData(CachedPosedImages(train_cache, np.arange(64)), None,
+                              road.reference_poses())}
+
+
+def test_collapse_is_detected_and_the_default_loss_recovers(road_data, tmp_path, caplog):
+    road, train_cache, _ = road_data
+    paper = train_config(2, val_every=0, loss_on_cosine=False)
+    scenes = _collapsed_run(road, train_cache, tmp_path / 'paper', paper)
+    with caplog.at_level('WARNING', logger='imposing_ros.training'):
+        stuck = train(scenes, tmp_path / 'paper', MODEL, paper, SEARCH, resume=True)
+    # The paper's ReLU score has no gradient left: nothing moves and the log says so.
+    assert [h['positive_share'] for h in stuck.history] == [0.0, 0.0]
+    assert 'training has collapsed' in caplog.text
+    head = stuck.model.image_encoder.heads['road']
+    assert float(head.weight.abs().max()) == 0.0 and float(head.bias[0]) == 1.0
+
+    ours = train_config(2, val_every=0)
+    assert ours.loss_on_cosine  # the default
+    scenes = _collapsed_run(road, train_cache, tmp_path / 'ours', ours)
+    recovered = train(scenes, tmp_path / 'ours', MODEL, ours, SEARCH, resume=True)
+    assert recovered.history[-1]['positive_share'] > 0.2
+    assert recovered.history[-1]['loss'] < stuck.history[-1]['loss']
+
+
+def test_lr_schedule():
+    config = TrainConfig(epochs=10, lr_schedule='cosine', lr_final_fraction=0.1,
+                         warmup_epochs=1.0)
+    assert config.lr_factor(0.0) == pytest.approx(0.1)  # warm-up starts at lr / 10
+    assert config.lr_factor(1.0) == pytest.approx(0.5 * (1.1 + 0.9 * np.cos(np.pi / 10)))
+    assert config.lr_factor(10.0) == pytest.approx(0.1)
+    assert TrainConfig(epochs=10).lr_factor(7.3) == 1.0  # constant, as the paper
+    for bad in (dict(lr_schedule='step'), dict(precision='fp16'), dict(warmup_epochs=-1)):
+        with pytest.raises(ValueError):
+            TrainConfig(**bad)
+
+
+@pytest.mark.slow
+def test_small_dataset_recipe_localizes(tmp_path):
+    """config/train_small.yaml on 40 frames of a 100 m road: no collapse, well above chance."""
+    from pathlib import Path
+
+    from imposing_ros.training.cli import load_configs
+
+    model_cfg, train_cfg, search_cfg = load_configs(
+        Path(__file__).parents[1] / 'config' / 'train_small.yaml')
+    road = SyntheticRoad(length=100.0, size=model_cfg.image_size, seed=3)
+    train_cache = ImageCache.build(road.frames(40, seed=1), tmp_path / 'train',
+                                   model_cfg.image_size)
+    val_cache = ImageCache.build(road.frames(16, seed=2), tmp_path / 'val', model_cfg.image_size)
+    scenes = {'road': SceneData(CachedPosedImages(train_cache), CachedPosedImages(val_cache),
+                                road.reference_poses())}
+    result = train(scenes, tmp_path / 'run', model_cfg, train_cfg, search_cfg, resume=False)
+    assert min(h['positive_share'] for h in result.history[5:]) > 0.05
+    val = CachedPosedImages(val_cache)
+    images = torch.stack([val[i][0] for i in range(len(val))])
+    truth = torch.stack([val[i][1] for i in range(len(val))])
+    out = search_batch(result.model.eval(), images, None, search_cfg)
+    trained = summarize(*pose_errors(out.pose, truth))
+    ref = torch.as_tensor(road.reference_poses()).float()
+    chance = summarize(*pose_errors(ref[torch.randint(len(ref), (len(truth),))], truth))
+    assert (out.score > 0).all()
+    assert trained['median_m'] < chance['median_m'] / 4, (trained, chance)

@@ -25,27 +25,22 @@ sources, ``base_link`` by default); the camera extrinsic ``T_vehicle_camera`` is
 A chain ending at an optical frame (REP-103 ``*_optical*`` names, or ``optical=True``) is turned
 into the body frame with :func:`~imposing_ros.geometry.T_camera_optical`.
 
-Image decoding: ``CompressedImage`` (jpeg, png) is decoded with PIL; raw images go through
-``rosbags.image.message_to_cvimage`` when its optional OpenCV dependency imports (it does in the
-project's environment), and through the small numpy decoder :func:`decode_raw` otherwise, which
-covers the common 8/16-bit rgb/bgr/rgba/bgra/mono encodings. PIL is used for compressed images
-in both cases so that JPEG decoding does not depend on OpenCV being installed.
+Images are decoded by :mod:`imposing_ros.data.images`, the decoder of the localizer node too.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-import io
 import logging
 from pathlib import Path
 import struct
 from typing import Iterator
 
 import numpy as np
-from PIL import Image
 
 from imposing_ros.data.frames import Frame
+from imposing_ros.data.images import ImageConversionError, message_to_rgb
 from imposing_ros.geometry import matrix_to_pose, pose_to_matrix, T_camera_optical
 
 LOGGER = logging.getLogger('imposing_ros.data')
@@ -216,68 +211,11 @@ class TfChain:
 
 # --- image decoding ---------------------------------------------------------------------------
 
-_RAW_LAYOUTS = {  # encoding -> (dtype, channels, channel order to RGB)
-    'rgb8': (np.uint8, 3, (0, 1, 2)), 'bgr8': (np.uint8, 3, (2, 1, 0)),
-    'rgba8': (np.uint8, 4, (0, 1, 2)), 'bgra8': (np.uint8, 4, (2, 1, 0)),
-    'mono8': (np.uint8, 1, (0, 0, 0)), '8uc1': (np.uint8, 1, (0, 0, 0)),
-    '8uc3': (np.uint8, 3, (2, 1, 0)),
-    'rgb16': (np.uint16, 3, (0, 1, 2)), 'bgr16': (np.uint16, 3, (2, 1, 0)),
-    'mono16': (np.uint16, 1, (0, 0, 0)), '16uc1': (np.uint16, 1, (0, 0, 0)),
-}
-
-
-def decode_raw(msg) -> np.ndarray:
-    """``[H, W, 3]`` uint8 RGB of a raw ``sensor_msgs/Image`` with numpy only (see module doc).
-
-    16-bit images keep their high byte.
-    """
-    encoding = msg.encoding.lower()
-    if encoding not in _RAW_LAYOUTS:
-        raise ValueError(f'unsupported encoding {msg.encoding!r} (known: '
-                         f'{", ".join(sorted(_RAW_LAYOUTS))})')
-    dtype, channels, order = _RAW_LAYOUTS[encoding]
-    dtype = np.dtype(dtype).newbyteorder('>' if msg.is_bigendian else '<')
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    row = width * channels * dtype.itemsize
-    data = np.asarray(msg.data, dtype=np.uint8)
-    if step < row or data.size < step * height:
-        raise ValueError(f'buffer of {data.size} bytes too small for {height}x{width} '
-                         f'{msg.encoding} with step {step}')
-    rows = data[:step * height].reshape(height, step)[:, :row]
-    array = rows.copy().view(dtype).reshape(height, width, channels)
-    if array.dtype.itemsize == 2:
-        array = (array.astype(np.uint16) >> 8).astype(np.uint8)
-    return np.ascontiguousarray(array[:, :, list(order)].astype(np.uint8))
-
-
-def _cv_to_rgb(array: np.ndarray, encoding: str) -> np.ndarray:
-    """OpenCV array of ``message_to_cvimage`` (BGR for colour) -> ``[H, W, 3]`` uint8 RGB."""
-    if array.ndim == 2:
-        array = array[:, :, None]
-    if array.dtype == np.uint16:
-        array = (array >> 8).astype(np.uint8)
-    elif array.dtype != np.uint8:
-        array = np.clip(array, 0, 255).astype(np.uint8)
-    if array.shape[2] == 1:
-        return np.ascontiguousarray(np.repeat(array, 3, axis=2))
-    array = array[:, :, :3]
-    if encoding.lower().startswith('rgb'):  # message_to_cvimage keeps rgb* as they are
-        return np.ascontiguousarray(array)
-    return np.ascontiguousarray(array[:, :, ::-1])
-
-
-def decode_image(msg, msgtype: str, where: str) -> np.ndarray:
+def decode_image(msg, where: str) -> np.ndarray:
     """``[H, W, 3]`` uint8 RGB of an image message, or ValueError naming ``where``."""
     try:
-        if msgtype.endswith('CompressedImage'):
-            with Image.open(io.BytesIO(bytes(msg.data))) as img:
-                return np.asarray(img.convert('RGB'))
-        try:
-            from rosbags.image import message_to_cvimage
-        except ImportError:  # its OpenCV extra is missing: numpy decoder
-            return decode_raw(msg)
-        return _cv_to_rgb(message_to_cvimage(msg), msg.encoding)
-    except Exception as exc:  # PIL, numpy and rosbags.image raise many types for bad data
+        return message_to_rgb(msg)
+    except ImageConversionError as exc:
         raise ValueError(f'{where}: cannot decode image: {exc}') from exc
 
 
@@ -550,7 +488,7 @@ class RosbagReader:
                 frame = msg.header.frame_id
                 if frame not in extrinsics:
                     extrinsics[frame] = self.extrinsic(frame)
-                image = decode_image(msg, conn.msgtype, f'{where}@{stamp}')
+                image = decode_image(msg, f'{where}@{stamp}')
                 camera = matrix_to_pose(pose_to_matrix(pose[0]) @ extrinsics[frame])
                 self.summary.kept += 1
                 yield Frame(stamp, camera, image, source=f'{where}@{stamp}')

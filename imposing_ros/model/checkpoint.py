@@ -66,11 +66,14 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f'checkpoint {path}: file not found')
+    if path.stat().st_size == 0:
+        raise CheckpointError(f'checkpoint {path}: the file is empty (0 bytes)')
     try:
         data = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or foreign files
-        raise CheckpointError(f'checkpoint {path}: not a readable checkpoint '
-                              f'({type(exc).__name__}: {str(exc).splitlines()[0]})') from exc
+        reason = (str(exc).strip().splitlines() or ['no message'])[0]
+        raise CheckpointError(f'checkpoint {path}: not a readable checkpoint, truncated or '
+                              f'foreign ({type(exc).__name__}: {reason})') from exc
     if not isinstance(data, dict) or data.get('format') != FORMAT:
         found = data.get('format') if isinstance(data, dict) else type(data).__name__
         raise CheckpointError(f'checkpoint {path}: format is {found!r}, expected {FORMAT!r}')
@@ -94,7 +97,6 @@ def load_model(path: str | Path, device: str | torch.device = 'cpu'
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else ''
-        raise CheckpointError(f'checkpoint {path}: weights do not match the model: {first} '
+        raise CheckpointError(f'checkpoint {path}: weights do not match the model: '
                               f'{str(exc)[:400]}') from exc
     return model.to(device).eval(), data

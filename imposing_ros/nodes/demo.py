@@ -35,8 +35,9 @@ import numpy as np
 import yaml
 
 from imposing_ros.evaluation import metrics
-from imposing_ros.geometry import pose_to_matrix
+from imposing_ros.geometry import matrix_to_pose, pose_to_matrix
 from imposing_ros.nodes import node_set
+from imposing_ros.utils import atomic_write_text
 
 LOGGER = logging.getLogger('imposing_ros.demo')
 
@@ -66,6 +67,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='also run the motion filter')
     parser.add_argument('--rate', type=float, default=1.0, help='playback speed factor')
     parser.add_argument('--json', default='', help='also write the summary to this JSON file')
+    parser.add_argument('--csv', default='',
+                        help='also write every frame (published pose, errors) to this CSV')
     parser.add_argument('--startup-timeout', type=float, default=180.0,
                         help='seconds to wait for the localizer to become active')
 
@@ -322,6 +325,40 @@ class Session:
         rclpy.try_shutdown(context=self.context)
 
 
+def frame_errors(info: BagInfo, sent: dict, poses: list) -> list[tuple]:
+    """``(stamp_ns, T_map_base or None, error_m, error_deg)`` per image played, stamp order.
+
+    Images without ground truth are left out; an image without a published pose has infinite
+    errors (a miss).
+    """
+    published = {}
+    for _, stamp, t_map_base in poses:
+        published.setdefault(stamp, t_map_base)
+    rows = []
+    for stamp in sorted(sent):
+        truth = info.truth_at(stamp)
+        if truth is None:
+            continue
+        estimate = published.get(stamp)
+        if estimate is None:
+            rows.append((stamp, None, math.inf, math.inf))
+            continue
+        cos = (np.trace(truth[:3, :3].T @ estimate[:3, :3]) - 1) / 2
+        rows.append((stamp, estimate, float(np.linalg.norm(estimate[:3, 3] - truth[:3, 3])),
+                     math.degrees(math.acos(max(-1.0, min(1.0, cos))))))
+    return rows
+
+
+def write_frames_csv(path: str | Path, rows: list[tuple]) -> Path:
+    """Per-frame CSV of :func:`frame_errors`: base_link in map (empty when missed), errors."""
+    lines = ['stamp_ns,x,y,z,qx,qy,qz,qw,error_m,error_deg']
+    for stamp, estimate, error_m, error_deg in rows:
+        pose = ',' * 6 if estimate is None else ','.join(
+            f'{v:.6f}' for v in matrix_to_pose(estimate))
+        lines.append(f'{stamp},{pose},{error_m:.6f},{error_deg:.6f}')
+    return atomic_write_text(path, '\n'.join(lines) + '\n')
+
+
 def summarize(info: BagInfo, sent: dict, poses: list, diagnostics: dict) -> dict:
     """Errors of base_link against ground truth and end-to-end latencies (ms).
 
@@ -329,25 +366,10 @@ def summarize(info: BagInfo, sent: dict, poses: list, diagnostics: dict) -> dict
     error) in the median and in every recall, as in ``imposing-ros evaluate``
     (:mod:`imposing_ros.evaluation.metrics`). Images without ground truth are left out.
     """
-    published = {}
-    latencies = []
-    for received, stamp, t_map_base in poses:
-        published.setdefault(stamp, t_map_base)
-        if stamp in sent:
-            latencies.append(1e3 * (received - sent[stamp]))
-    errors_t, errors_r = [], []
-    for stamp in sorted(sent):
-        truth = info.truth_at(stamp)
-        if truth is None:
-            continue
-        estimate = published.get(stamp)
-        if estimate is None:
-            errors_t.append(math.inf)
-            errors_r.append(math.inf)
-            continue
-        errors_t.append(float(np.linalg.norm(estimate[:3, 3] - truth[:3, 3])))
-        cos = (np.trace(truth[:3, :3].T @ estimate[:3, :3]) - 1) / 2
-        errors_r.append(math.degrees(math.acos(max(-1.0, min(1.0, cos)))))
+    latencies = [1e3 * (received - sent[stamp]) for received, stamp, _ in poses if stamp in sent]
+    rows = frame_errors(info, sent, poses)
+    errors_t = [r[2] for r in rows]
+    errors_r = [r[3] for r in rows]
     summary = {'bag': str(info.path), 'images_sent': len(sent), 'poses': len(poses),
                'frames_with_truth': len(errors_t)}
     if errors_t:
@@ -458,8 +480,8 @@ def run(args: argparse.Namespace) -> int:
             last = count
             time.sleep(1.0)
         with session.lock:
-            summary = summarize(info, dict(session.sent), list(session.poses),
-                                dict(session.diagnostics))
+            sent, poses = dict(session.sent), list(session.poses)
+            summary = summarize(info, sent, poses, dict(session.diagnostics))
     finally:
         if session is not None:
             session.close()
@@ -472,8 +494,9 @@ def run(args: argparse.Namespace) -> int:
                 runner.wait()
     print(format_summary(summary))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(summary, indent=2))
+        atomic_write_text(args.json, json.dumps(summary, indent=2))
+    if args.csv:
+        write_frames_csv(args.csv, frame_errors(info, sent, poses))
     if summary['poses'] == 0:
         raise RuntimeError('the localizer published no pose (is min_score too high for this '
                            'model? see its log above)')

@@ -64,6 +64,8 @@ from std_srvs.srv import Trigger
 import transforms3d
 from visualization_msgs.msg import Marker, MarkerArray
 
+from imposing_ros.data.images import BACKEND as IMAGE_BACKEND
+from imposing_ros.data.images import ImageConversionError, message_to_rgb
 from imposing_ros.geometry import (
     matrix_to_pose,
     pose_to_matrix,
@@ -77,8 +79,6 @@ from imposing_ros.nodes.conversions import (  # noqa: F401 (re-exported for the 
     pose_msg_to_matrix,
 )
 from imposing_ros.nodes.events import QuietSubscriptions
-from imposing_ros.nodes.image_conversion import BACKEND as IMAGE_BACKEND
-from imposing_ros.nodes.image_conversion import ImageConversionError, message_to_rgb
 from imposing_ros.nodes.node_set import default_model
 from imposing_ros.runtime.backends import (
     BACKENDS,

@@ -1,5 +1,9 @@
 """``sensor_msgs/Image`` and ``CompressedImage`` -> ``[H, W, 3]`` uint8 RGB, checked first.
 
+The one image decoder of the package: the localizer node (live messages) and the rosbag2 reader
+(recorded ones, so ``evaluate`` and training) both use it, so a recorded image gives the node and
+the tools the same pixels. Messages are duck-typed: rclpy messages and ``rosbags`` ones both work.
+
 The conversion goes through ROS 2's ``cv_bridge`` where it imports (a ROS install), otherwise
 through ``rosbags.image`` (PyPI, needs OpenCV). The PyPI package ``cv-bridge`` is an old ROS 1
 port that fails on ROS 2 messages; a probe conversion at import recognises it and skips it.
@@ -137,10 +141,13 @@ def compressed_to_rgb(msg) -> np.ndarray:
     try:
         decoded = _COMPRESSED(msg)
     except Exception as exc:  # decoders raise many types on corrupt data
-        raise ImageConversionError(f'cannot decode {msg.format} image: '
-                                   f'{type(exc).__name__}: {exc}') from exc
+        # OpenCV says nothing useful (an empty AssertionError) on a corrupt stream.
+        reason = str(exc).strip() or 'corrupt or truncated data'
+        raise ImageConversionError(f'cannot decode {msg.format} image of {len(msg.data)} '
+                                   f'bytes: {type(exc).__name__}: {reason}') from exc
     if decoded is None or np.asarray(decoded).size == 0:
-        raise ImageConversionError(f'cannot decode {msg.format} image')
+        raise ImageConversionError(f'cannot decode {msg.format} image of {len(msg.data)} '
+                                   'bytes: corrupt or truncated data')
     # rosbags returns OpenCV's BGR order for colour images; cv_bridge was asked for rgb8.
     return _to_rgb(decoded, bgr=BACKEND == 'rosbags.image' and np.asarray(decoded).ndim == 3)
 
