@@ -191,6 +191,44 @@ def test_backward_time_jump_resets(recording):
     assert filt.resets == 1 and not filt.initialized
 
 
+def test_odometry_jitter_is_reordered_not_a_reset(recording):
+    odom, amcl = recording
+    fixes = [m for m in amcl if m[0] <= odom[499][0]]
+    reference, _ = run(odom[:500], fixes)
+    filt, _ = run(odom[:497] + odom[498:500], fixes)
+    late = odom[497]  # arrives after the next two (40 ms late at 50 Hz)
+    filt.add_odometry(late[0], late[1])
+    assert filt.resets == 0 and filt.initialized
+    # Slotted in and replayed: the same state as in-order delivery.
+    assert np.allclose(filt.state.mean, reference.state.mean)
+    assert np.allclose(filt.state.covariance, reference.state.covariance)
+    filt.add_odometry(odom[500][0], odom[500][1])  # and the filter goes on
+    assert filt.state.stamp_ns == odom[500][0]
+
+
+def test_future_pose_is_refused_and_leaves_no_trace(recording):
+    odom, amcl = recording
+    fixes = [m for m in amcl if m[0] <= odom[499][0]]
+    filt, _ = run(odom[:500], fixes)
+    stamp, pose, cov = fixes[-1]
+    with pytest.raises(ValueError, match='after the latest odometry'):
+        filt.add_pose(odom[499][0] + 60 * 10**9, pose, cov)
+    # Later odometry still moves the state, and the next real fix is fused.
+    filt.add_odometry(odom[500][0], odom[500][1])
+    assert filt.state.stamp_ns == odom[500][0]
+    assert filt.add_pose(odom[500][0], filt.state.pose(), cov) is True
+
+
+def test_measurement_covariance_floor():
+    pose = np.array([0.0, 0, 0, 0, 0, 0, 1])
+    tiny = np.diag([1e-8, 1e-8, 1e-8, 1e-10, 1e-10, 1e-10]).ravel()
+    filt = MotionFilter(FilterConfig(min_position_std=0.05, min_yaw_std=0.005))
+    filt.add_odometry(0, pose)
+    filt.add_pose(0, pose, tiny)  # overconfident: floored, not an exact fix
+    assert np.sqrt(filt.state.covariance[0, 0]) == pytest.approx(0.05, rel=1e-3)
+    assert np.sqrt(filt.state.covariance[3, 3]) == pytest.approx(0.005, rel=1e-3)
+
+
 def test_prediction_follows_odometry_and_grows_covariance():
     filt = MotionFilter()
     identity = np.array([0.0, 0, 0, 0, 0, 0, 1])
@@ -211,6 +249,7 @@ def test_prediction_follows_odometry_and_grows_covariance():
     (np.full(36, np.nan), 'not finite'),
     (np.arange(36.0), 'not symmetric'),
     (-np.eye(6).ravel(), 'positive definite'),
+    (np.zeros(36), 'singular, e.g. all zero'),
 ])
 def test_bad_measurements_raise(cov, message):
     filt = MotionFilter()

@@ -517,6 +517,11 @@ def test_bad_images_and_stamps_are_refused_and_node_survives(running):
     harness.wait_for(lambda: int(harness.diag_values().get('rejected: out of order', 0)) >= 1,
                      what='out-of-order refusal')
     assert not harness.poses_with_stamp(stale) and not harness.poses_with_stamp(back_stamp)
+    # A day in the future: refused, and it leaves nothing behind (later frames still localize).
+    future = harness.publish_image(rgb, stamp=harness.now() + Duration(seconds=86400))
+    harness.wait_for(lambda: int(harness.diag_values().get('rejected: future', 0)) >= 1,
+                     what='future refusal')
+    assert not harness.poses_with_stamp(future)
     # Still alive and localizing.
     _localize(harness, road)
     assert process.proc.poll() is None

@@ -222,6 +222,36 @@ def test_clock_jump_back_resets(harness):
 
 
 @pytest.mark.parametrize('harness', [(Parameter('use_sim_time', value=True),)], indirect=True)
+def test_future_stamps_are_refused_and_output_goes_on(harness):
+    h = harness
+    assert h.wait(lambda: h.clock_pub.get_subscription_count() > 0)
+    clock = {'ns': 500 * 10**9}
+
+    def tick():
+        clock['ns'] += 10**7
+        h.clock_pub.publish(Clock(clock=ns_to_stamp(clock['ns'])))
+
+    h.node.create_timer(0.01, tick)
+    assert h.wait(lambda: h.latest('resets') is not None)
+    t0 = clock['ns']
+    h.pose_pub.publish(measurement(t0, 1.0, 2.0, 0.0))
+    drive(h, t0, 3)
+    assert h.wait(lambda: h.received['pose'] and h.latest('initialized') == 'True')
+    h.pose_pub.publish(measurement(t0 + 60 * 10**9, 9.0, 9.0, 0.0))  # a minute ahead
+    h.odom_pub.publish(odometry(t0 + 86400 * 10**9, 1.0))  # a day ahead
+    assert h.wait(lambda: h.diagnostic('refused_pose', '1') and
+                  h.diagnostic('refused_odometry', '1'))
+    # Nothing was reset, odometry still moves the output and the next real fix is fused.
+    count = len(h.received['pose'])
+    drive(h, t0 + 3 * 10**8, 3, x0=1.5)
+    h.pose_pub.publish(measurement(t0 + 5 * 10**8, 1.0 + 2.5, 2.0, 0.0))
+    drive(h, t0 + 6 * 10**8, 2, x0=3.0)
+    assert h.wait(lambda: len(h.received['pose']) > count and h.latest('accepted') == '2')
+    assert h.latest('resets') == '0'
+    assert_sane(h)
+
+
+@pytest.mark.parametrize('harness', [(Parameter('use_sim_time', value=True),)], indirect=True)
 def test_no_subscription_has_qos_event_handlers(harness):
     """Not even rclpy's /clock one (use_sim_time); the clock still follows /clock.
 

@@ -25,11 +25,16 @@ every later input, odometry interpolated at the measurement stamp. The result eq
 delivery gives. Measurements older than the history are dropped and counted.
 
 Time. Stamps are integer nanoseconds (``builtin_interfaces/Time`` as ``sec * 10**9 + nanosec``:
-exact, no float rounding at 1.7e9 s). Odometry that goes backwards in time (a bag loop) resets
-the filter; :meth:`MotionFilter.restart` does the same for a caller that sees its clock jump back.
+exact, no float rounding at 1.7e9 s). Odometry up to ``odometry_jitter_s`` older than the latest
+is slotted into the history (transport reordering); further back (a bag loop) it resets the
+filter, and :meth:`MotionFilter.restart` does the same for a caller whose clock jumps back. A
+measurement stamped more than ``max_future_s`` after the latest odometry is refused: fused, it
+would hide every later odometry step and push real fixes out of the history.
 
-Frames. Odometry is base_link in the odom frame, measurements and the state base_link in the map
-frame; both poses are ``(x, y, z, qx, qy, qz, qw)`` (geometry.py), covariances 6x6 ROS layout.
+Measurement covariance. A covariance singular in x, y, yaw (e.g. all zero) is refused: it would
+make the fix exact (z may be 0: 2-D localizers leave it so). A usable one gets
+``min_position_std`` / ``min_yaw_std`` added in quadrature, so an overconfident localizer cannot
+pin the state.
 """
 
 from __future__ import annotations
@@ -79,8 +84,13 @@ class FilterConfig:
     history_s: float = 10.0
     # Variance (rad^2) published for the unestimated roll and pitch.
     roll_pitch_variance: float = 1e-3
-    # Smallest variance accepted from a measurement (m^2 / rad^2): zero covariances happen.
-    min_measurement_variance: float = 1e-6
+    # Standard deviations added in quadrature to every measurement (m for x, y, z; rad for yaw).
+    min_position_std: float = 0.05
+    min_yaw_std: float = 0.005
+    # Odometry this much older than the latest (s) is reordered into the history, not a reset.
+    odometry_jitter_s: float = 0.5
+    # Measurements stamped more than this after the latest odometry (s) are refused.
+    max_future_s: float = 1.0
 
     def __post_init__(self):
         for name, value in self.__dict__.items():
@@ -207,11 +217,15 @@ class MotionFilter:
         if not np.isfinite(value).all():
             raise ValueError('odometry pose is not finite')
         if self._last_odom_ns is not None:
-            if stamp_ns < self._last_odom_ns:
-                LOGGER.info('odometry went back in time by %.3f s: filter reset',
-                            (self._last_odom_ns - stamp_ns) * 1e-9)
+            back_ns = self._last_odom_ns - stamp_ns
+            if back_ns > int(self.config.odometry_jitter_s * 1e9):
+                LOGGER.info('odometry went back in time by %.3f s: filter reset', back_ns * 1e-9)
                 self.restart()
-            elif stamp_ns == self._last_odom_ns:
+            elif back_ns >= 0:  # reordered in transport: slot it in, unless already known
+                if back_ns > 0 and not any(e.kind == 'odom' and e.stamp_ns == stamp_ns
+                                           for e in self._entries) and \
+                        (not self._entries or stamp_ns > self._entries[0].stamp_ns):
+                    self._insert(_Entry(stamp_ns, 'odom', value))
                 return
         self._last_odom_ns = stamp_ns
         self._insert(_Entry(stamp_ns, 'odom', value))
@@ -228,11 +242,11 @@ class MotionFilter:
         cov = pose_block(covariance6)
         if not (np.isfinite(value).all() and np.isfinite(cov).all()):
             raise ValueError('pose measurement or its covariance is not finite')
-        if not np.allclose(cov, cov.T, atol=1e-9 + 1e-6 * np.abs(cov).max()):
-            raise ValueError('pose covariance is not symmetric')
-        cov = cov + np.eye(4) * self.config.min_measurement_variance
-        if np.linalg.eigvalsh(cov).min() <= 0:
-            raise ValueError('pose covariance is not positive definite')
+        cov = self._measurement_covariance(cov)
+        if self._last_odom_ns is not None and \
+                stamp_ns > self._last_odom_ns + int(self.config.max_future_s * 1e9):
+            raise ValueError(f'pose stamped {(stamp_ns - self._last_odom_ns) * 1e-9:.3f} s after '
+                             f'the latest odometry (max_future_s {self.config.max_future_s})')
         if self._folded and self._entries and stamp_ns < self._entries[0].stamp_ns:
             self.dropped_old += 1
             return None
@@ -245,13 +259,25 @@ class MotionFilter:
         value, cov = planar_pose(pose7), pose_block(covariance6)
         if not (np.isfinite(value).all() and np.isfinite(cov).all()):
             raise ValueError('initial pose or its covariance is not finite')
+        cov = self._measurement_covariance(cov)
         odom = self._entries[-1].odom if self._entries else self._base_odom
         last_odom_ns = self._last_odom_ns
         self.reset()
         self._last_odom_ns = last_odom_ns
-        cov = cov + np.eye(4) * self.config.min_measurement_variance
         self._base = FilterState(stamp_ns, value, cov, last_fix_ns=stamp_ns)
         self._base_odom = odom
+
+    def _measurement_covariance(self, cov: np.ndarray) -> np.ndarray:
+        """Checked ``(4, 4)`` block with the configured floor added (ValueError if unusable)."""
+        if not np.allclose(cov, cov.T, atol=1e-9 + 1e-6 * np.abs(cov).max()):
+            raise ValueError('pose covariance is not symmetric')
+        # x, y, yaw must carry an uncertainty; z may be 0 (2-D localizers such as AMCL).
+        eigenvalues = np.linalg.eigvalsh(cov[np.ix_([0, 1, 3], [0, 1, 3])])
+        if eigenvalues.min() <= 1e-12 * max(1.0, eigenvalues.max()) or cov[2, 2] < 0:
+            raise ValueError('pose covariance is not positive definite (singular, e.g. all '
+                             'zero): an exact fix is not plausible; publish the uncertainty')
+        cfg = self.config
+        return cov + np.diag([cfg.min_position_std ** 2] * 3 + [cfg.min_yaw_std ** 2])
 
     def predict(self, stamp_ns: int) -> FilterState | None:
         """Estimate at ``stamp_ns`` (at or after the latest input), with time noise only."""

@@ -204,6 +204,9 @@ PARAMETERS = (
      params.at_least(0.0)),
     ('max_image_age', 1.0, 'images older than this (s, node clock) are refused; 0: no check',
      params.at_least(0.0)),
+    ('max_image_future', 0.5, 'images stamped more than this (s) after the node clock are '
+     'refused and change nothing (a bad stamp would refuse every later frame as out of order)',
+     params.at_least(0.0)),
     ('min_std', [0.05, 0.05, 0.05, 0.005, 0.005, 0.005],
      'added in quadrature to the published standard deviations (keeps the covariance '
      'positive definite): x, y, z (m), roll, pitch, yaw (rad)',
@@ -241,8 +244,8 @@ PARAMETERS = (
 )
 
 
-LIVE = ('min_score', 'max_rate', 'max_image_age', 'min_std', 'markers.count', 'tracking.enabled',
-        'tracking.prior_timeout', 'transform_tolerance')
+LIVE = ('min_score', 'max_rate', 'max_image_age', 'max_image_future', 'min_std', 'markers.count',
+        'tracking.enabled', 'tracking.prior_timeout', 'transform_tolerance')
 
 
 @dataclass(frozen=True)
@@ -611,6 +614,10 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
         age = (now.nanoseconds - stamp.nanoseconds) * 1e-9
         if s.max_image_age > 0 and now.nanoseconds > 0 and age > s.max_image_age:
             self._reject('stale', f'image is {age:.2f} s old (max_image_age {s.max_image_age})')
+            return
+        if now.nanoseconds > 0 and -age > s.max_image_future:
+            self._reject('future', f'image stamped {-age:.2f} s after the node clock '
+                                   f'(max_image_future {s.max_image_future})')
             return
         if self._last_stamp is not None and stamp <= self._last_stamp:
             self._reject('out of order', f'stamp {stamp.nanoseconds * 1e-9:.3f} s is not after '

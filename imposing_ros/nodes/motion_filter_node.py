@@ -78,7 +78,11 @@ _FILTER_HELP = {
                                'the latest (0: never)',
     'history_s': 'seconds of inputs kept to re-apply late poses (s)',
     'roll_pitch_variance': 'published variance of the unestimated roll and pitch (rad^2)',
-    'min_measurement_variance': 'added to every measurement variance (m^2, rad^2)',
+    'min_position_std': 'added in quadrature to every pose measurement: x, y, z (m)',
+    'min_yaw_std': 'added in quadrature to every pose measurement: yaw (rad)',
+    'odometry_jitter_s': 'odometry up to this much older than the latest is reordered, not a '
+                         'reset (s)',
+    'max_future_s': 'poses stamped more than this after the latest odometry are refused (s)',
 }
 
 # Filter settings: defaults and types come from FilterConfig (one source of truth); FilterConfig
@@ -207,6 +211,15 @@ class MotionFilterNode(QuietSubscriptions, Node):
         self._refused[what] = self._refused.get(what, 0) + 1
         self.get_logger().warning(f'{what} refused: {reason}', throttle_duration_sec=2.0)
 
+    def _future(self, stamp_ns: int) -> str | None:
+        """Why a stamp is too far after the node clock (filter.max_future_s), or None."""
+        now = self.get_clock().now().nanoseconds
+        ahead = (stamp_ns - now) * 1e-9
+        limit = self._v['filter_max_future_s']
+        if now > 0 and ahead > limit:
+            return f'stamped {ahead:.3f} s after the node clock (filter.max_future_s {limit})'
+        return None
+
     def _on_odometry(self, msg: Odometry) -> None:
         v = self._v
         if msg.header.frame_id.lstrip('/') != v['odom_frame'] or \
@@ -225,6 +238,10 @@ class MotionFilterNode(QuietSubscriptions, Node):
             self._refuse('odometry', 'pose or twist is not finite, or the quaternion is not '
                                      'unit length')
             return
+        reason = self._future(stamp_ns)
+        if reason:
+            self._refuse('odometry', reason)
+            return
         pose[3:] /= np.linalg.norm(pose[3:])
         with self._lock:
             resets = self._filter.resets
@@ -240,6 +257,10 @@ class MotionFilterNode(QuietSubscriptions, Node):
             matrix, covariance = check_pose_with_covariance(msg, self._v['map_frame'])
         except ValueError as exc:
             self._refuse('pose', str(exc))
+            return
+        reason = self._future(stamp_to_ns(msg.header.stamp))
+        if reason:
+            self._refuse('pose', reason)
             return
         with self._lock:
             try:
