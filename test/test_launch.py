@@ -12,6 +12,7 @@ import ast
 import configparser
 import importlib
 import importlib.util
+import os
 from pathlib import Path
 import re
 import sys
@@ -290,6 +291,41 @@ def test_run_command_reports_a_bad_model(tmp_path):
          'false', '--duration', '5'], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "parameter device must be auto, cpu, cuda or cuda:N (got 'tpu')" in proc.stderr
+
+
+def test_parameter_files_with_unknown_keys_or_wrong_types_are_refused(tmp_path):
+    """A typo or a wrong type stops start-up naming the key, the type and the file."""
+    import subprocess
+
+    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST')
+    bad = tmp_path / 'typos.yaml'
+    bad.write_text('/**/imposing_localizer:\n  ros__parameters:\n'
+                   '    search.num_candidatez: 512\n    search.levels: many\n'
+                   '    min_score: 1\n')
+    proc = subprocess.run(
+        [sys.executable, '-m', 'imposing_ros.cli', 'run', '--params', str(bad), '--use-filter',
+         'false', '--duration', '5'], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "unknown parameter 'search.num_candidatez' (did you mean 'search.num_candidates'?)" \
+        in proc.stderr
+    assert "search.levels must be a integer, got 'many'" in proc.stderr
+    assert str(bad) in proc.stderr
+    assert 'min_score' not in proc.stderr  # 1 for a double is taken as 1.0
+    # The node's own executable (ros2 run) refuses the same file.
+    proc = subprocess.run(
+        [sys.executable, '-m', 'imposing_ros.nodes.motion_filter_node', '--ros-args',
+         '--params-file', str(_filter_file(tmp_path))], capture_output=True, text=True,
+        timeout=120, env=env)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "unknown parameter 'filter.alpha_tran' (did you mean 'filter.alpha_trans'?)" in \
+        proc.stderr + proc.stdout
+
+
+def _filter_file(folder):
+    path = folder / 'filter.yaml'
+    path.write_text('/**/imposing_motion_filter:\n  ros__parameters:\n'
+                    '    filter.alpha_tran: 0.1\n    filter.history_s: 5\n')
+    return path
 
 
 def test_runner_passes_every_parameter_file(tmp_path):

@@ -50,6 +50,7 @@ from rclpy.clock import Clock, ClockType
 from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.logging import get_logger
 from rclpy.qos import (
     qos_profile_sensor_data,
     QoSDurabilityPolicy,
@@ -825,7 +826,12 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
 def main(args=None) -> None:
     """Run the node alone (``ros2 run imposing_ros localizer_node``; lifecycle driven outside)."""
     rclpy.init(args=args)
-    node = LocalizerNode()
+    try:
+        node = LocalizerNode()
+    except params.ParameterFileError as exc:
+        get_logger(NODE_NAME).fatal(str(exc))
+        rclpy.try_shutdown()
+        raise SystemExit(2) from exc
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
     try:

@@ -19,13 +19,139 @@ Example::
 
 from __future__ import annotations
 
+import difflib
 import math
+import sys
 from typing import Any, Callable, Iterable, Optional
 
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.parameter import Parameter
 
 Check = Optional[Callable[[Any], Optional[str]]]
 Row = tuple  # (name, default, description, check)
+# Parameters any rclpy node accepts besides its own table.
+STANDARD = ('use_sim_time', 'start_type_description_service')
+STANDARD_PREFIXES = ('qos_overrides.',)
+
+
+class ParameterFileError(ValueError):
+    """Start-up parameters (files, overrides) name an unknown key or a value of the wrong type."""
+
+
+def _kind(default) -> str:
+    if isinstance(default, bool):
+        return 'bool'
+    if isinstance(default, int):
+        return 'integer'
+    if isinstance(default, float):
+        return 'double'
+    if isinstance(default, str):
+        return 'string'
+    inner = _kind(default[0]) if len(default) else 'double'
+    return f'{inner} array'
+
+
+def _coerce(value, default):
+    """``value`` as the type of ``default`` (an int is taken for a double), or raise TypeError."""
+    kind = _kind(default)
+    if kind.endswith(' array'):
+        if isinstance(value, (str, bytes)) or not hasattr(value, '__len__'):
+            raise TypeError
+        return [_coerce(v, default[0] if len(default) else 0.0) for v in value]
+    if kind == 'bool' and isinstance(value, bool):
+        return value
+    if kind == 'integer' and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind == 'double' and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind == 'string' and isinstance(value, str):
+        return value
+    raise TypeError
+
+
+def parameter_files(argv: list[str] | None = None) -> list[str]:
+    """The ``--params-file`` arguments of this process (for error messages)."""
+    argv = sys.argv if argv is None else argv
+    return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == '--params-file']
+
+
+def _problems(values: dict, defaults: dict) -> tuple[list[str], dict]:
+    """(problems, coerced values) of start-up ``values`` against the table ``defaults``."""
+    problems, coerced = [], {}
+    for name, value in values.items():
+        if name not in defaults:
+            if name in STANDARD or name.startswith(STANDARD_PREFIXES):
+                continue
+            close = difflib.get_close_matches(name, defaults, n=1)
+            problems.append(f'unknown parameter {name!r}' +
+                            (f' (did you mean {close[0]!r}?)' if close else ''))
+            continue
+        try:
+            coerced[name] = _coerce(value, defaults[name])
+        except TypeError:
+            problems.append(f'{name} must be a {_kind(defaults[name])}, got {value!r}')
+    return problems, coerced
+
+
+def _flatten(block: dict, prefix: str = '') -> dict:
+    out = {}
+    for key, value in block.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f'{prefix}{key}.'))
+        else:
+            out[f'{prefix}{key}'] = value
+    return out
+
+
+def check_files(node_name: str, files: Iterable, rows: Iterable[Row]) -> None:
+    """Check the blocks of parameter ``files`` that apply to ``node_name`` (see below).
+
+    rcl merges files before a node sees them, and where a later file gives a value of another
+    type than an earlier one it silently keeps the earlier: each file is therefore read here.
+    A block applies when the last part of its key is the node name, ``*`` or ``**``.
+    """
+    import yaml
+
+    defaults = {name: default for name, default, *_ in rows}
+    for path in files:
+        try:
+            data = yaml.safe_load(open(path).read()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ParameterFileError(f'parameter file {path}: cannot read it: {exc}') from exc
+        for key, block in (data.items() if isinstance(data, dict) else ()):
+            if str(key).rstrip('/').split('/')[-1] not in (node_name, '*', '**'):
+                continue
+            values = (block or {}).get('ros__parameters') if isinstance(block, dict) else None
+            if not isinstance(values, dict):
+                raise ParameterFileError(f'parameter file {path}: block {key!r} has no '
+                                         'ros__parameters mapping')
+            problems, _ = _problems(_flatten(values), defaults)
+            if problems:
+                raise ParameterFileError(f'{node_name}: bad parameters in {path} (block '
+                                         f'{key!r}): ' + '; '.join(problems))
+
+
+def check_overrides(node, rows: Iterable[Row]) -> None:
+    """Refuse unknown keys and mistyped values among ``node``'s start-up parameters.
+
+    The parameter files of this process's command line are read first (:func:`check_files`).
+    Then the start-up values rclpy keeps in the node's ``_parameter_overrides`` (no public
+    accessor exists) are checked; an integer given for a double is replaced there by that
+    double, as nav2 users write ``1`` for ``1.0``. Raises :class:`ParameterFileError` listing
+    every problem, with close names for typos.
+    """
+    rows = tuple(rows)
+    check_files(node.get_name(), parameter_files(), rows)
+    overrides = node._parameter_overrides
+    defaults = {name: default for name, default, *_ in rows}
+    problems, coerced = _problems({n: p.value for n, p in overrides.items()}, defaults)
+    if problems:
+        raise ParameterFileError(f'{node.get_name()}: bad start-up parameters: ' +
+                                 '; '.join(problems))
+    for name, value in coerced.items():
+        old = overrides[name].value
+        if type(value) is not type(old) or value != old:
+            overrides[name] = Parameter(name, value=value)
 
 
 def finite_list(n: int, nonnegative: bool = False) -> Check:
@@ -79,12 +205,15 @@ def declare(node, rows: Iterable[Row],
             on_change: Callable[[dict], None] | None = None) -> None:
     """Declare every row on ``node`` and refuse bad values when they are set later.
 
+    Start-up values are checked first (:func:`check_overrides`).
+
     ``cross_check(values)`` (values keyed by :func:`key`) checks combinations; ``describe(name,
     description)`` may extend a description (e.g. with when the value takes effect);
     ``on_change(values)`` is called with all current values after a set that touched one of
     the rows was accepted (it runs in the parameter service's callback: lock what it shares).
     """
     rows = tuple(rows)
+    check_overrides(node, rows)
     for name, default, description, _ in rows:
         text = describe(name, description) if describe else description
         node.declare_parameter(name, default, ParameterDescriptor(description=text))

@@ -44,6 +44,8 @@ def create_nodes(launches: list[node_set.NodeLaunch], context=None) -> list:
     """Instantiate the planned nodes in this process (rclpy must be initialised)."""
     from rclpy.parameter import Parameter
 
+    from imposing_ros.nodes import params
+
     nodes = []
     for launch in launches:
         spec = launch.spec
@@ -52,9 +54,15 @@ def create_nodes(launches: list[node_set.NodeLaunch], context=None) -> list:
         except ImportError as exc:
             raise RuntimeError(f'node {spec.name}: cannot import {spec.module}: {exc}') from exc
         cls = getattr(module, spec.class_name)
+        params.check_files(spec.name, launch.param_files, module.PARAMETERS)
         overrides = [Parameter(name, value=value) for name, value in launch.overrides.items()]
-        node = cls(spec.name, namespace=launch.namespace or None, context=context,
-                   parameter_overrides=overrides)
+        try:
+            node = cls(spec.name, namespace=launch.namespace or None, context=context,
+                       parameter_overrides=overrides)
+        except params.ParameterFileError as exc:  # say which files were read
+            files = ', '.join(str(p) for p in launch.param_files)
+            raise params.ParameterFileError(f'{exc} (parameter files, later ones win: '
+                                            f'{files})') from exc
         nodes.append(node)
     return nodes
 
