@@ -11,6 +11,7 @@ from launch import LaunchDescription  # noqa: I001 (ruff takes launch/ for first
 from launch.actions import (
     DeclareLaunchArgument,
     EmitEvent,
+    SetEnvironmentVariable,
     LogInfo,
     OpaqueFunction,
     RegisterEventHandler,
@@ -73,4 +74,7 @@ def generate_launch_description() -> LaunchDescription:
         arguments=['-d', str(node_set.config_file(node_set.RVIZ_CONFIG))],
         parameters=[{'use_sim_time': LaunchConfiguration('use_sim_time')}],
         condition=IfCondition(LaunchConfiguration('rviz')))
-    return LaunchDescription(arguments + [OpaqueFunction(function=_nodes), rviz])
+    # The packaged Fast DDS profile for raw camera images, unless one is set (node_set).
+    environment = [SetEnvironmentVariable(name, value)
+                   for name, value in node_set.dds_environment().items()]
+    return LaunchDescription(arguments + environment + [OpaqueFunction(function=_nodes), rviz])

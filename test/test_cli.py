@@ -34,6 +34,8 @@ def test_train_evaluate_localize(folders, capsys):
     assert cli.main(['train', '--train', str(train), '--val', str(test), '--out', str(out),
                      '--config', str(root / 'cfg.yaml')]) == 0
     assert (out / 'last.pt').is_file() and (out / 'best.pt').is_file()
+    # best.pt is for use: no optimizer state (Adam doubles the size of last.pt, kept to resume)
+    assert (out / 'best.pt').stat().st_size < 0.5 * (out / 'last.pt').stat().st_size
     assert cli.main(['evaluate', '--model', str(out / 'last.pt'), '--data', str(test),
                      '--candidates', '256', '--levels', '3', '--json', str(root / 'e.json'),
                      '--csv', str(root / 'e.csv')]) == 0

@@ -453,6 +453,7 @@ def run(args: argparse.Namespace) -> int:
         simulate_heldout(bag, args.traversal, args.frames)
     os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
     os.environ.setdefault('ROS_DOMAIN_ID', DEMO_DOMAIN_ID)
+    os.environ.update(node_set.dds_environment())  # the player and the node set alike
     info = BagInfo(bag)
     extra = yaml.safe_load(Path(args.params).read_text()) if args.params else None
     workdir = Path(tempfile.mkdtemp(prefix='imposing_demo_'))

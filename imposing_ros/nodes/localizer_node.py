@@ -52,7 +52,6 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.logging import get_logger
 from rclpy.qos import (
-    qos_profile_sensor_data,
     QoSDurabilityPolicy,
     QoSHistoryPolicy,
     QoSProfile,
@@ -181,6 +180,10 @@ PARAMETERS = (
      params.nonempty),
     ('image_transport', 'raw', 'raw (sensor_msgs/Image) or compressed (CompressedImage)',
      params.one_of(TRANSPORTS)),
+    ('image_reliability', 'best_effort', 'QoS reliability of the image subscription: '
+     'best_effort (sensor data; matches every publisher) or reliable (lost fragments of large '
+     'images are resent, e.g. from another host; matches reliable publishers only)',
+     params.one_of(('best_effort', 'reliable'))),
     ('prior_topic', 'imposing_motion_filter/prior',
      'PoseWithCovarianceStamped of base_link in map_frame seeding tracking mode', params.nonempty),
     ('initial_pose_topic', 'initialpose',
@@ -428,9 +431,13 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
         # Like every subscription of this node, no QoS event handlers (QuietSubscriptions): with
         # them the executor wakes in a loop while images arrive (measured at 200 Hz of images:
         # ~1,300 empty wake-ups/s, one core busy, inference 20x slower; none without handlers).
+        # Depth 1: only the newest frame is ever processed.
+        reliability = (QoSReliabilityPolicy.RELIABLE if s.image_reliability == 'reliable'
+                       else QoSReliabilityPolicy.BEST_EFFORT)
         image = self.create_subscription(
             CompressedImage if s.image_transport == 'compressed' else Image,
-            self._image_topic(s), self._on_image, qos_profile_sensor_data,
+            self._image_topic(s), self._on_image,
+            QoSProfile(depth=1, reliability=reliability, history=QoSHistoryPolicy.KEEP_LAST),
             callback_group=self._input_group)
         # Best effort, depth 1: only the newest prior matters, and it matches both reliable and
         # best-effort publishers.

@@ -156,6 +156,24 @@ class NodeLaunch:
     log_level: str
 
 
+# Fast DDS profile for raw camera images on one host (see the file); FASTDDS_DEFAULT_PROFILES_FILE
+# set by the user wins.
+DDS_PROFILE = 'fastdds_large_images.xml'
+DDS_PROFILE_VARIABLE = 'FASTDDS_DEFAULT_PROFILES_FILE'
+
+
+def dds_environment(environ: dict | None = None) -> dict:
+    """Environment variables a run adds: the packaged Fast DDS profile unless one is set.
+
+    Only for Fast DDS (the default RMW); other RMWs have their own settings.
+    """
+    environ = os.environ if environ is None else environ
+    rmw = environ.get('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp')
+    if environ.get(DDS_PROFILE_VARIABLE) or not rmw.startswith('rmw_fastrtps'):
+        return {}
+    return {DDS_PROFILE_VARIABLE: str(config_file(DDS_PROFILE))}
+
+
 def plan(params_file: str = '', model: str = '', image_topic: str = '',
          use_filter: str | bool = 'true', use_sim_time: str | bool = 'false',
          log_level: str = 'info', namespace: str = '') -> list[NodeLaunch]:

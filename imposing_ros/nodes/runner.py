@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import time
 
 from imposing_ros.nodes import node_set
@@ -102,6 +103,9 @@ def run(args: argparse.Namespace) -> int:
     import rclpy
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 
+    for name, value in node_set.dds_environment().items():  # before DDS starts in this process
+        LOGGER.info('%s=%s', name, value)
+        os.environ[name] = value
     context = rclpy.Context()
     rclpy.init(args=ros_arguments(launches), context=context)
     executor = MultiThreadedExecutor(num_threads=4, context=context)

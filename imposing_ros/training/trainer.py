@@ -244,8 +244,9 @@ def train(scenes: dict[str, SceneData], out: str | Path, model_config: ModelConf
           device: str | None = None) -> TrainResult:
     """Train a (multi-scene) model (see :class:`TrainResult`).
 
-    ``out`` is a directory: ``last.pt`` is written every ``checkpoint_every`` epochs and
-    ``best.pt`` at the best validation median error. An existing ``last.pt`` is resumed when
+    ``out`` is a directory: ``last.pt`` (with the optimizer state, to resume) is written every
+    ``checkpoint_every`` epochs and ``best.pt`` (weights only) at the best validation median
+    error. An existing ``last.pt`` is resumed when
     ``resume`` is set (its configs must match).
     """
     rank, world = _distributed()
@@ -369,8 +370,9 @@ def train(scenes: dict[str, SceneData], out: str | Path, model_config: ModelConf
                          optimizer=optimizer.state_dict())
             if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
                 save_checkpoint(last, model, cfg.seed, **extra)
-            if is_best:
-                save_checkpoint(out / 'best.pt', model, cfg.seed, **extra)
+            if is_best:  # weights for use, no optimizer state: a third of the size
+                save_checkpoint(out / 'best.pt', model, cfg.seed,
+                                **{k: v for k, v in extra.items() if k != 'optimizer'})
     if world > 1:
         dist.barrier()
     model.to(memory_format=torch.contiguous_format)
