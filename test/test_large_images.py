@@ -22,7 +22,7 @@ from test_localizer_node import build_tiny_checkpoint  # noqa: E402
 from imposing_ros.nodes import node_set  # noqa: E402
 
 DOMAIN = '87'
-PUBLISHER = textwrap.dedent('''
+PUBLISHER = textwrap.dedent("""
     import sys, time
     import rclpy
     from rclpy.qos import qos_profile_sensor_data
@@ -44,7 +44,7 @@ PUBLISHER = textwrap.dedent('''
         pub.publish(msg)
         time.sleep(max(0.0, start + (i + 1) / 30 - time.monotonic()))
     print('sent', count, flush=True)
-''')
+""")
 
 
 @pytest.fixture(scope='module')
