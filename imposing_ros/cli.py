@@ -54,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     known, rest = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.DEBUG if known.verbose else logging.INFO,
                         format='%(asctime)s %(levelname)s %(name)s: %(message)s')
+    # inductor's C++ builds warn "No CUDA runtime is found, using CUDA_HOME" on every CPU-only
+    # machine: noise for a user, kept with --verbose.
+    if not known.verbose:
+        logging.getLogger('torch.utils.cpp_extension').setLevel(logging.ERROR)
     module = importlib.import_module(COMMANDS[known.command])
     sub = argparse.ArgumentParser(prog=f'imposing-ros {known.command}',
                                   description=HELP[known.command])

@@ -44,7 +44,9 @@ def test_train_evaluate_localize(folders, capsys):
     assert {'median_m', 'recall_0.5m_2deg', 'recall_5m_10deg', 'low_score', 'xy_in_95_ellipse',
             'nees'} <= set(summary)
     assert summary['calibrated_frames'] == 6 - summary['failed']
-    assert len((root / 'e.csv').read_text().splitlines()) == 7
+    csv = (root / 'e.csv').read_text().splitlines()
+    assert len(csv) == 7 and csv[0].startswith('timestamp,image,x,y,z,qx,qy,qz,qw,score,')
+    assert 'images/' in csv[1].split(',')[1]
     assert 'recall' in capsys.readouterr().out
     assert cli.main(['localize', '--model', str(out / 'last.pt'), '--images',
                      str(test / 'images'), '--out', str(root / 'poses.csv')]) == 0
@@ -136,3 +138,18 @@ def test_scene_specs_keep_reader_options():
     assert parse_scene_spec('city=t1.mcap?image=/cam') == ('city', 't1.mcap?image=/cam')
     spec = '4seasons:/d:office:train'
     assert parse_scene_spec(spec) == (DEFAULT_SCENE, spec)
+
+
+def test_odd_aspect_ratio_is_said_once(folders, caplog):
+    import numpy as np
+
+    from imposing_ros.localization.localizer import Localizer
+
+    root, _, _ = folders
+    localizer = Localizer.from_checkpoint(root / 'run' / 'last.pt')
+    wide = np.zeros((376, 1241, 3), np.uint8)  # KITTI-like, on a 32 x 64 model
+    with caplog.at_level('WARNING', logger='imposing_ros.localization'):
+        localizer.localize(wide)
+        localizer.localize(wide)
+    warnings = [r for r in caplog.records if 'stretched' in r.getMessage()]
+    assert len(warnings) == 1 and '1241x376' in warnings[0].getMessage()

@@ -226,13 +226,12 @@ def test_node_publishes_what_evaluate_computes(tiny_bag):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the node (OMP_NUM_THREADS=1): the same arithmetic
     try:
-        _, estimates, _, _ = evaluate(model, open_dataset(str(bag)), config=config,
-                                      backend='torch', inductor='off')
+        result = evaluate(model, open_dataset(str(bag)), config=config, backend='torch',
+                          inductor='off')
     finally:
         torch.set_num_threads(threads)
-    stamps = [frame.stamp_ns for frame in open_dataset(str(bag))]
     t_base_camera = BagInfo(bag).extrinsic @ np.linalg.inv(T_camera_optical())
-    for stamp, estimate in zip(stamps, estimates):
+    for stamp, estimate in zip(result.stamps_ns, result.estimates):
         if stamp not in published:
             continue
         expected = pose_to_matrix(estimate) @ np.linalg.inv(t_base_camera)

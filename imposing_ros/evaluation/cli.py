@@ -12,6 +12,7 @@ from dataclasses import replace
 import json
 import logging
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -34,6 +35,21 @@ from imposing_ros.utils import atomic_write_text
 LOGGER = logging.getLogger('imposing_ros.evaluation')
 
 
+class Evaluation(NamedTuple):
+    """What :func:`evaluate` returns: the summary and per-frame arrays in frame order.
+
+    ``estimates`` / ``truth [M, 7]`` T_map_camera (NaN rows: failures), ``scores [M]``,
+    ``stamps_ns [M]`` and ``sources`` (image file or bag topic@stamp) of each frame.
+    """
+
+    summary: dict
+    estimates: np.ndarray
+    truth: np.ndarray
+    scores: np.ndarray
+    stamps_ns: np.ndarray
+    sources: list
+
+
 def evaluate(model_path: str | Path, frames, scene: str | None = None,
              config: LocalizerConfig | None = None, device: str = 'cpu',
              backend: str = DEFAULT_BACKEND, inductor: str = DEFAULT_INDUCTOR,
@@ -47,10 +63,12 @@ def evaluate(model_path: str | Path, frames, scene: str | None = None,
     """
     localizer = Localizer.from_checkpoint(model_path, scene, config, device, backend, inductor,
                                           engine_cache)
-    estimates, truth, scores, covariances = [], [], [], []
+    estimates, truth, scores, covariances, stamps, sources = [], [], [], [], [], []
     low_score = 0
     for frame in tqdm(frames, desc='evaluate', unit='frame', dynamic_ncols=True):
         truth.append(frame.pose)
+        stamps.append(frame.stamp_ns)
+        sources.append(frame.source)
         try:
             result = localizer.localize(frame.image)
         except (ValueError, RuntimeError) as exc:
@@ -73,7 +91,7 @@ def evaluate(model_path: str | Path, frames, scene: str | None = None,
     summary = summarize(et.numpy(), er.numpy())
     summary['low_score'] = low_score
     summary.update(covariance_calibration(est, gt, np.stack(covariances)))
-    return summary, est, gt, np.asarray(scores)
+    return Evaluation(summary, est, gt, np.asarray(scores), np.asarray(stamps, np.int64), sources)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -103,15 +121,16 @@ def run(args: argparse.Namespace) -> int:
                          top_k=min(search.top_k, args.candidates))
     if args.levels:
         search = replace(search, levels=args.levels)
-    summary, est, gt, scores = evaluate(args.model, open_dataset(args.data), args.scene,
-                                        LocalizerConfig(search=search), args.device,
-                                        args.backend, args.inductor, args.engine_cache,
-                                        args.min_score)
+    summary, est, gt, scores, stamps, sources = evaluate(
+        args.model, open_dataset(args.data), args.scene, LocalizerConfig(search=search),
+        args.device, args.backend, args.inductor, args.engine_cache, args.min_score)
     print(format_summary(summary))
     if args.json:
         atomic_write_text(args.json, json.dumps(summary, indent=2))
     if args.csv:
-        lines = ['x,y,z,qx,qy,qz,qw,score,true_x,true_y,true_z,true_qx,true_qy,true_qz,true_qw']
-        lines += [','.join(f'{v:.6f}' for v in (*e, s, *g)) for e, s, g in zip(est, scores, gt)]
+        lines = ['timestamp,image,x,y,z,qx,qy,qz,qw,score,'
+                 'true_x,true_y,true_z,true_qx,true_qy,true_qz,true_qw']
+        lines += [f'{t},{src},' + ','.join(f'{v:.6f}' for v in (*e, s, *g))
+                  for t, src, e, s, g in zip(stamps, sources, est, scores, gt)]
         atomic_write_text(args.csv, '\n'.join(lines) + '\n')
     return 0

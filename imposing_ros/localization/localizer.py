@@ -10,6 +10,7 @@ fewer levels. The networks run on an inference backend (:mod:`imposing_ros.runti
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+import logging
 import time
 from typing import Callable, NamedTuple
 
@@ -33,6 +34,8 @@ from imposing_ros.runtime.backends import (
     DEFAULT_INDUCTOR,
     select_backend,
 )
+
+LOGGER = logging.getLogger('imposing_ros.localization')
 
 
 def preprocess(image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
@@ -148,6 +151,7 @@ class Localizer:
         # pose): drawn once here, not per frame.
         self._global_noise = draw_noise(self.config.search, 1, self._generator(), self.device)
         self._graph = None
+        self._aspect_warned = False
         if (self.config.cuda_graph and self.device.type == 'cuda' and self.backend.graph_safe
                 and not self.config.search.early_stop):
             from imposing_ros.runtime.graphs import try_capture
@@ -178,6 +182,21 @@ class Localizer:
         """The concrete backend (what ``auto`` resolved to)."""
         return self.backend.name
 
+    def _check_aspect(self, image: np.ndarray) -> None:
+        """Warn once when images are stretched to the model's aspect ratio."""
+        shape = getattr(image, 'shape', ())
+        if self._aspect_warned or len(shape) < 2 or min(shape[:2]) == 0:
+            return
+        height, width = self.image_size
+        ratio = (shape[1] / shape[0]) / (width / height)
+        if not 0.9 < ratio < 1.1:
+            self._aspect_warned = True
+            LOGGER.warning('images of %dx%d pixels (aspect %.2f) are stretched to the model input '
+                           '%dx%d (aspect %.2f): fine for a model trained on this camera '
+                           '(training stretches them the same way), wrong for one trained on '
+                           'another', shape[1], shape[0], shape[1] / shape[0], width, height,
+                           width / height)
+
     def _sync(self):
         if self.device.type == 'cuda':
             torch.cuda.synchronize(self.device)
@@ -194,6 +213,7 @@ class Localizer:
         stage = on_stage or (lambda name: None)
         timings = {}
         t0 = time.perf_counter()
+        self._check_aspect(image)
         images = preprocess(image, self.image_size).to(self.device)
         self._sync()
         stage('preprocess')
