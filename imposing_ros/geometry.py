@@ -233,3 +233,27 @@ def T_camera_optical() -> np.ndarray:  # noqa: N802 (transform naming convention
     matrix = np.eye(4)
     matrix[:3, :3] = _R_CAMERA_OPTICAL
     return matrix
+
+
+def optical_to_body_poses(poses) -> np.ndarray:
+    """Poses ``[M, 7]`` of an optical camera frame (z forward) -> the camera body frame.
+
+    For datasets that give camera poses the way OpenCV and COLMAP do; the method localizes
+    the body frame (x forward, y left, z up).
+    """
+    poses = np.asarray(poses, dtype=float).reshape(-1, 7)
+    body_from_optical = np.linalg.inv(T_camera_optical())
+    return np.stack([matrix_to_pose(pose_to_matrix(p) @ body_from_optical) for p in poses])
+
+
+def up_share(poses) -> float:
+    """Share of poses ``[M, 7]`` whose camera body z axis points up (z component > 0.5).
+
+    Near 1 for a vehicle camera in a gravity-aligned, z-up map; near 0 for optical-frame poses
+    (their "z" points forward, their "y" down) or a y-down world.
+    """
+    poses = np.asarray(poses, dtype=float).reshape(-1, 7)
+    if len(poses) == 0:
+        return 1.0
+    up = [quat_xyzw_to_matrix(p[3:])[2, 2] for p in poses]
+    return float(np.mean(np.asarray(up) > 0.5))

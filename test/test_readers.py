@@ -4,6 +4,7 @@ Expected poses are computed here from the documented formats with explicit formu
 calling the readers' helpers), so a wrong frame, order or sign in a reader fails a test.
 """
 
+import dataclasses
 import math
 from pathlib import Path
 import re
@@ -415,3 +416,33 @@ def test_open_dataset_plain_folder(tmp_path):
         open_dataset(f'{root}?image=/x')
     with pytest.raises(FileNotFoundError, match='dataset not found'):
         open_dataset(Path(tmp_path / 'missing'))
+
+
+def test_plain_folder_says_when_poses_are_not_body_frame_z_up(tmp_path, caplog):
+    from imposing_ros.data.plain import PlainFolder, write_plain_folder
+    from imposing_ros.data.synthetic import SyntheticRoad
+    from imposing_ros.geometry import (
+        matrix_to_pose,
+        optical_to_body_poses,
+        pose_to_matrix,
+        T_camera_optical,
+        up_share,
+    )
+
+    road = SyntheticRoad(length=50.0, size=(16, 32))
+    frames = list(road.frames(6, seed=1))
+    body = np.stack([f.pose for f in frames])
+    assert up_share(body) == 1.0
+    # The same cameras written as optical-frame poses (what OpenCV / COLMAP give).
+    optical = np.stack([matrix_to_pose(pose_to_matrix(p) @ T_camera_optical()) for p in body])
+    assert up_share(optical) == 0.0
+    assert np.allclose(optical_to_body_poses(optical), body, atol=1e-9)
+    with caplog.at_level('WARNING', logger='imposing_ros.data'):
+        good = write_plain_folder(tmp_path / 'good', frames)
+        PlainFolder(good)
+        assert 'points up' not in caplog.text
+        bad = write_plain_folder(tmp_path / 'bad', [dataclasses.replace(f, pose=p)
+                                                      for f, p in zip(frames, optical)])
+        PlainFolder(bad)
+    assert 'camera z axis points up in 0 %' in caplog.text
+    assert 'optical_to_body_poses' in caplog.text

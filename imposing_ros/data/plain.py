@@ -8,12 +8,16 @@ Layout::
 
 ``timestamp``: seconds (float) or integer nanoseconds (an integer above 1e12 is read as ns).
 ``x, y, z`` in metres and ``qx, qy, qz, qw`` (ROS order) give ``T_map_camera`` of the camera body
-frame (x forward, y left, z up; :mod:`imposing_ros.geometry`).
+frame (x forward, y left, z up; :mod:`imposing_ros.geometry`) in a metric map whose z axis points
+up (gravity-aligned, REP-103). Poses of an optical frame (z forward, OpenCV / COLMAP) convert
+with :func:`imposing_ros.geometry.optical_to_body_poses`; a folder whose poses do not look so
+(camera z axis up in under half of the frames) is read with a warning saying why.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 from typing import Iterator
 
@@ -21,6 +25,9 @@ import numpy as np
 from PIL import Image
 
 from imposing_ros.data.frames import Frame
+from imposing_ros.geometry import up_share
+
+LOGGER = logging.getLogger('imposing_ros.data')
 
 COLUMNS = ('timestamp', 'image', 'x', 'y', 'z', 'qx', 'qy', 'qz', 'qw')
 
@@ -75,6 +82,13 @@ class PlainFolder:
         if not self.root.is_dir():
             raise FileNotFoundError(f'dataset folder not found: {self.root}')
         self.rows = read_pose_csv(self.root / csv_name)
+        share = up_share(self.poses)
+        if share < 0.5:
+            LOGGER.warning('%s: the camera z axis points up in %.0f %% of the poses; the plain '
+                           'layout wants camera body poses (x forward, z up) in a z-up map. '
+                           'Optical-frame poses (z forward) convert with '
+                           'imposing_ros.geometry.optical_to_body_poses; a y-down world must '
+                           'be rotated to z up', self.root, 100 * share)
 
     def __len__(self) -> int:
         return len(self.rows)
