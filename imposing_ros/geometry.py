@@ -257,3 +257,46 @@ def up_share(poses) -> float:
         return 1.0
     up = [quat_xyzw_to_matrix(p[3:])[2, 2] for p in poses]
     return float(np.mean(np.asarray(up) > 0.5))
+
+
+# --- fixed transforms: extrinsics and covariances through them ---
+
+def skew(v: np.ndarray) -> np.ndarray:
+    """3x3 matrix ``[v]x`` with ``[v]x @ u = v x u``."""
+    x, y, z = (float(c) for c in v)
+    return np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
+
+
+def compose_covariance(covariance: np.ndarray, t_a: np.ndarray, t_b: np.ndarray) -> np.ndarray:
+    """Covariance (6x6 ROS layout, left perturbation in map axes) of ``B = A * X``, X fixed.
+
+    ``t_a`` and ``t_b`` are the positions of A and B in the map. ROS and the localizer write a
+    pose covariance as a perturbation on the left, in map axes: ``t' = t + dt``,
+    ``R' = Exp(dr) R``. With ``a = t_B - t_A``, ``t_B' ~ t_B + dt - [a]x dr`` and
+    ``R_B' = Exp(dr) R_B``, so ``cov_B = J cov_A J^T`` with ``J = [[I, -[a]x], [0, I]]``: the
+    rotation uncertainty leaks into the position through the lever arm. The same formula carries
+    a base_link prior to the camera (``X = T_base_camera``).
+    """
+    jacobian = np.eye(6)
+    jacobian[:3, 3:] = -skew(np.asarray(t_b, float) - np.asarray(t_a, float))
+    out = jacobian @ np.asarray(covariance, float) @ jacobian.T
+    return 0.5 * (out + out.T)
+
+
+def rpy_matrix(roll: float, pitch: float, yaw: float) -> np.ndarray:
+    """Rotation matrix of ROS roll, pitch, yaw (fixed axes x, y, z; tf2's setRPY)."""
+    return transforms3d.euler.euler2mat(roll, pitch, yaw, 'sxyz')
+
+
+def extrinsic_matrix(xyz, rpy, optical: bool) -> np.ndarray:
+    """``T_base_camera`` (camera *body* frame) from xyz (m) + rpy (rad) of ``camera_frame``.
+
+    ``optical``: ``camera_frame`` is an optical frame (z forward); the body frame is then
+    ``T_base_frame @ inv(T_camera_optical)``.
+    """
+    matrix = np.eye(4)
+    matrix[:3, :3] = rpy_matrix(*rpy)
+    matrix[:3, 3] = xyz
+    if optical:
+        matrix = matrix @ np.linalg.inv(T_camera_optical())
+    return matrix

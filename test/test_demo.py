@@ -129,7 +129,7 @@ def test_bag_info_reads_extrinsic_and_truth(tiny_bag):
     assert params['camera_extrinsic.optical'] is True
     assert np.allclose(params['camera_extrinsic.xyz'], T_BASE_CAMERA_LINK)
     # The rpy given back to the node rebuilds the optical rotation.
-    from imposing_ros.nodes.localizer_node import rpy_matrix
+    from imposing_ros.geometry import rpy_matrix
     assert np.allclose(rpy_matrix(*params['camera_extrinsic.rpy']), T_camera_optical()[:3, :3])
     # A ground-truth stamp halfway between two samples interpolates the position.
     mid = info.truth_at(START_NS + PERIOD_NS // 2)

@@ -126,3 +126,37 @@ def test_scalar_conversions_match_transforms3d_order():
 def test_check_poses_rejects_bad_input(bad, message):
     with pytest.raises(ValueError, match=message):
         geo.check_poses(bad)
+
+
+def test_compose_covariance_matches_monte_carlo():
+    """Sampled poses carried through a fixed transform have the covariance of the formula."""
+    rng = np.random.default_rng(0)
+    a = np.array([[0.3, 0.1, 0, 0.01, 0, 0.02], [0.1, 0.2, 0, 0, 0, -0.01],
+                  [0, 0, 0.05, 0, 0, 0], [0.01, 0, 0, 0.002, 0, 0],
+                  [0, 0, 0, 0, 0.003, 0], [0.02, -0.01, 0, 0, 0, 0.01]])
+    t_map_a = geo.pose_to_matrix([10.0, -5.0, 1.0, 0.0, 0.0, math.sin(0.4), math.cos(0.4)])
+    x = geo.extrinsic_matrix([1.5, -0.3, 1.2], [0.0, 0.1, 0.3], optical=False)
+    t_map_b = t_map_a @ x
+    samples = rng.multivariate_normal(np.zeros(6), a, size=200000)
+    residuals = []
+    rot_b = Rotation.from_matrix(t_map_b[:3, :3])
+    for d in samples[:20000]:
+        perturbed = t_map_a.copy()
+        perturbed[:3, :3] = Rotation.from_rotvec(d[3:]).as_matrix() @ t_map_a[:3, :3]
+        perturbed[:3, 3] += d[:3]
+        b = perturbed @ x
+        dr = (Rotation.from_matrix(b[:3, :3]) * rot_b.inv()).as_rotvec()
+        residuals.append(np.concatenate([b[:3, 3] - t_map_b[:3, 3], dr]))
+    empirical = np.cov(np.array(residuals).T)
+    predicted = geo.compose_covariance(a, t_map_a[:3, 3], t_map_b[:3, 3])
+    assert np.allclose(empirical, predicted, atol=0.01 * np.abs(predicted).max())
+    # The rotation -> translation leak is real here: ignoring it would be far off.
+    assert not np.allclose(empirical, a, atol=0.01 * np.abs(predicted).max())
+
+
+def test_optical_extrinsic_gives_body_frame():
+    """An optical camera_frame with identity pose yields a body frame looking along base z."""
+    body = geo.extrinsic_matrix([0, 0, 0], [0, 0, 0], optical=True)
+    assert np.allclose(body @ geo.T_camera_optical(), np.eye(4))
+    # Body x (forward) is the optical z axis: base z here.
+    assert np.allclose(body[:3, 0], [0, 0, 1])

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from imposing_ros.nodes import node_set
-from imposing_ros.nodes.localizer_node import LIVE, PARAMETERS
+from imposing_ros.nodes.localizer_params import LIVE, PARAMETERS
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / 'launch' / 'localize.launch.py'

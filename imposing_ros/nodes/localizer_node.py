@@ -15,16 +15,8 @@ A thin adapter around :class:`imposing_ros.localization.localizer.Localizer` (no
   in the map frame, like AMCL: ``T_map_base = T_map_camera @ T_camera_base`` with the camera
   extrinsic ``T_base_camera`` (parameters, or TF ``base_frame -> camera_frame``).
 
-Covariance through a fixed transform (:func:`compose_covariance`). Both the localizer and ROS
-write a pose covariance as a perturbation on the left, in map axes: ``t' = t + dt`` and
-``R' = Exp(dr) R``. For ``B = A * X`` with ``X`` fixed (the extrinsic),
-
-    t_B' = R_A' t_X + t_A' ~ t_B + dt + dr x (R_A t_X) = t_B + dt - [a]x dr,   a = t_B - t_A
-    R_B' = Exp(dr) R_B
-
-so ``cov_B = J cov_A J^T`` with ``J = [[I, -[a]x], [0, I]]``: the rotation block is unchanged and
-the rotation uncertainty leaks into the position through the lever arm ``a`` (map axes) between
-the two origins. The same formula carries a base_link prior to the camera (``X = T_base_camera``).
+The covariance is carried to base_link through the lever arm of the extrinsic
+(:func:`imposing_ros.geometry.compose_covariance`).
 
 Modes: *global* (the paper: level-0 candidates from the map's reference poses) and *tracking*
 (a recent prior, from ``/initialpose`` once or from the motion filter, seeds the candidates with
@@ -35,13 +27,10 @@ A frame that is rejected or fails publishes nothing but diagnostics.
 
 from __future__ import annotations
 
-from collections import deque
-from dataclasses import dataclass
 import threading
 import time
 
-from builtin_interfaces.msg import Time as TimeMsg
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseWithCovarianceStamped, Quaternion, Vector3
 import numpy as np
 import rclpy
@@ -59,33 +48,30 @@ from rclpy.qos import (
 )
 from rclpy.time import Time
 from sensor_msgs.msg import CompressedImage, Image
-from std_msgs.msg import ColorRGBA, Float32
+from std_msgs.msg import Float32
 from std_srvs.srv import Trigger
-import transforms3d
-from visualization_msgs.msg import Marker, MarkerArray
+from visualization_msgs.msg import MarkerArray
 
 from imposing_ros.data.images import BACKEND as IMAGE_BACKEND
 from imposing_ros.data.images import ImageConversionError, message_to_rgb
 from imposing_ros.geometry import (
+    compose_covariance,
+    extrinsic_matrix,
     matrix_to_pose,
     pose_to_matrix,
     quat_xyzw_to_matrix,
     T_camera_optical,
 )
 from imposing_ros.nodes import params
-from imposing_ros.nodes.conversions import (  # noqa: F401 (re-exported for the tests)
-    check_pose_with_covariance,
-    matrix_to_pose_msg,
-    pose_msg_to_matrix,
-)
+from imposing_ros.nodes.conversions import check_pose_with_covariance, matrix_to_pose_msg
 from imposing_ros.nodes.events import QuietSubscriptions
-from imposing_ros.nodes.node_set import default_model
-from imposing_ros.runtime.backends import (
-    BACKENDS,
-    DEFAULT_BACKEND,
-    DEFAULT_INDUCTOR,
-    INDUCTOR_CHOICES,
+from imposing_ros.nodes.localizer_outputs import (
+    candidate_markers,
+    localization_status,
+    Stats,
 )
+from imposing_ros.nodes.localizer_params import cross_check, LIVE, PARAMETERS, Settings
+from imposing_ros.nodes.node_set import default_model
 
 try:  # tf2_ros exists on a ROS install only (ENVIRONMENT.md); without it there is no /tf.
     from geometry_msgs.msg import TransformStamped
@@ -98,205 +84,8 @@ DEVICES = ('auto', 'cpu', 'cuda')
 TRANSPORTS = ('raw', 'compressed')
 # How long the inference thread waits for odom->base_link at an image stamp.
 TF_LOOKUP_TIMEOUT_S = 0.1
-# Period of the sliding windows of the rate and latency statistics.
-STATS_WINDOW_S = 5.0
 # Diagnostics published on a rejected or failed frame come at most this often.
 EVENT_DIAGNOSTICS_MIN_PERIOD_S = 0.2
-
-
-# --- pure helpers (numpy; unit-tested without ROS) --------------------------------------------
-
-def skew(v: np.ndarray) -> np.ndarray:
-    """3x3 matrix ``[v]x`` with ``[v]x @ u = v x u``."""
-    x, y, z = (float(c) for c in v)
-    return np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
-
-
-def compose_covariance(covariance: np.ndarray, t_a: np.ndarray, t_b: np.ndarray) -> np.ndarray:
-    """Covariance (6x6 ROS layout, left perturbation in map axes) of ``B = A * X``, X fixed.
-
-    ``t_a`` and ``t_b`` are the positions of A and B in the map (module docstring).
-    """
-    jacobian = np.eye(6)
-    jacobian[:3, 3:] = -skew(np.asarray(t_b, float) - np.asarray(t_a, float))
-    out = jacobian @ np.asarray(covariance, float) @ jacobian.T
-    return 0.5 * (out + out.T)
-
-
-def rpy_matrix(roll: float, pitch: float, yaw: float) -> np.ndarray:
-    """Rotation matrix of ROS roll, pitch, yaw (fixed axes x, y, z; tf2's setRPY)."""
-    return transforms3d.euler.euler2mat(roll, pitch, yaw, 'sxyz')
-
-
-def extrinsic_matrix(xyz, rpy, optical: bool) -> np.ndarray:
-    """``T_base_camera`` (camera *body* frame) from xyz (m) + rpy (rad) of ``camera_frame``.
-
-    ``optical``: ``camera_frame`` is an optical frame (z forward); the body frame is then
-    ``T_base_frame @ inv(T_camera_optical)``.
-    """
-    matrix = np.eye(4)
-    matrix[:3, :3] = rpy_matrix(*rpy)
-    matrix[:3, 3] = xyz
-    if optical:
-        matrix = matrix @ np.linalg.inv(T_camera_optical())
-    return matrix
-
-
-def score_color(fraction: float) -> ColorRGBA:
-    """Red (worst shown) -> yellow -> green (best) for ``fraction`` in [0, 1]."""
-    f = min(max(float(fraction), 0.0), 1.0)
-    return ColorRGBA(r=min(1.0, 2.0 * (1.0 - f)), g=min(1.0, 2.0 * f), b=0.0, a=0.9)
-
-
-# --- parameters -------------------------------------------------------------------------------
-
-def _device(value):
-    if value in DEVICES or (value.startswith('cuda:') and value[5:].isdigit()):
-        return None
-    return 'must be auto, cpu, cuda or cuda:N'
-
-
-# (name, default, description, check or None). Read at on_configure; a change while configured
-# takes effect at the next configure (deactivate, cleanup, configure, activate), except for the
-# LIVE ones, read again for every frame.
-PARAMETERS = (
-    ('model_path', '', "ImPosing checkpoint file (.pt) loaded at configure (empty: the package's "
-     'models/helsinki_demo.pt)', None),
-    ('scene', '', 'scene of a multi-scene checkpoint (empty: its only/first scene)', None),
-    ('device', 'auto', 'inference device: auto (cuda if available, else cpu), cpu, cuda, cuda:N',
-     _device),
-    ('backend', DEFAULT_BACKEND, 'inference backend: auto (tensorrt on CUDA when torch-tensorrt '
-     'imports, else torch-fp16; on a CPU torch-bf16 where it runs bf16 natively, else torch), '
-     'torch (fp32), torch-bf16, torch-fp16, torch-int8 (CPU; programs from imposing-ros export '
-     '--format int8 in engine_cache), tensorrt', params.one_of(BACKENDS)),
-    ('inductor', DEFAULT_INDUCTOR, 'compile the torch backends with inductor (first configure '
-     'takes seconds longer): auto (on a CPU with a C++ compiler), on, off',
-     params.one_of(INDUCTOR_CHOICES)),
-    ('engine_cache', '', 'folder of the compiled programs of the torch-int8 and tensorrt '
-     'backends (imposing-ros export --format int8 / tensorrt); empty: '
-     '~/.cache/imposing_ros/int8 or ~/.cache/imposing_ros/tensorrt', None),
-    ('image_topic', 'camera/image_raw',
-     'raw image topic; with image_transport compressed, <image_topic>/compressed is used',
-     params.nonempty),
-    ('image_transport', 'raw', 'raw (sensor_msgs/Image) or compressed (CompressedImage)',
-     params.one_of(TRANSPORTS)),
-    ('image_reliability', 'best_effort', 'QoS reliability of the image subscription: '
-     'best_effort (sensor data; matches every publisher) or reliable (lost fragments of large '
-     'images are resent, e.g. from another host; matches reliable publishers only)',
-     params.one_of(('best_effort', 'reliable'))),
-    ('prior_topic', 'imposing_motion_filter/prior',
-     'PoseWithCovarianceStamped of base_link in map_frame seeding tracking mode', params.nonempty),
-    ('initial_pose_topic', 'initialpose',
-     "initial pose (RViz '2D Pose Estimate'): seeds one tracking search", params.nonempty),
-    ('search.num_candidates', 4096, 'N: pose candidates scored per level', params.at_least(1)),
-    ('search.levels', 6, 'K: levels of the global search (level 0 included)', params.at_least(1)),
-    ('search.top_k', 100, 'B: top candidates kept as mixture components per level',
-     params.at_least(1)),
-    ('search.num_average', 256, 'candidates of the last level averaged into the estimate',
-     params.at_least(1)),
-    ('search.sigma', [8.0, 8.0, 0.2, 1.0, 1.0, 5.0],
-     'proposer standard deviation at level 1: x, y, z (m), roll, pitch, yaw (deg)',
-     params.finite_list(6, nonnegative=True)),
-    ('search.converge_m', 0.0, 'early stop: refinement ends when the top candidates moved less '
-     'than this (m) and converge_deg between levels; 0: always run every level',
-     params.at_least(0.0)),
-    ('search.converge_deg', 0.0, 'early stop: rotation tolerance (deg); 0: no rotation test',
-     params.at_least(0.0)),
-    ('min_score', 0.5, 'best score in [0, 1] under which no pose is published (next frame '
-     'searches globally)', params.in_range(0.0, 1.0)),
-    ('max_rate', 0.0, 'most frames processed per second (Hz); 0: as fast as possible',
-     params.at_least(0.0)),
-    ('max_image_age', 1.0, 'images older than this (s, node clock) are refused; 0: no check',
-     params.at_least(0.0)),
-    ('max_image_future', 0.5, 'images stamped more than this (s) after the node clock are '
-     'refused and change nothing (a bad stamp would refuse every later frame as out of order)',
-     params.at_least(0.0)),
-    ('min_std', [0.05, 0.05, 0.05, 0.005, 0.005, 0.005],
-     'added in quadrature to the published standard deviations (keeps the covariance '
-     'positive definite): x, y, z (m), roll, pitch, yaw (rad)',
-     params.finite_list(6, nonnegative=True)),
-    ('map_frame', 'map', 'global frame of the published pose (REP-105)', params.nonempty),
-    ('odom_frame', 'odom', 'odometry frame; map->odom is published on /tf', params.nonempty),
-    ('base_frame', 'base_link', 'robot body frame the published pose refers to', params.nonempty),
-    ('camera_frame', 'camera_link', 'frame of the camera the extrinsic refers to',
-     params.nonempty),
-    ('camera_extrinsic.from_tf', False,
-     'read base_frame->camera_frame from TF (needs tf2_ros) instead of xyz/rpy', None),
-    ('camera_extrinsic.xyz', [0.0, 0.0, 0.0], 'camera_frame origin in base_frame (m)',
-     params.finite_list(3)),
-    ('camera_extrinsic.rpy', [0.0, 0.0, 0.0],
-     'camera_frame orientation in base_frame: roll, pitch, yaw (rad, fixed axes)',
-     params.finite_list(3)),
-    ('camera_extrinsic.optical', False,
-     'camera_frame is an optical frame (z forward, x right) rather than x forward, z up', None),
-    ('publish_tf', True, 'publish map->odom on /tf (needs tf2_ros)', None),
-    ('transform_tolerance', 0.5, 'map->odom is post-dated by this much (s), as in AMCL',
-     params.at_least(0.0)),
-    ('tracking.enabled', True, 'use a recent motion-filter prior to run a tracking search',
-     None),
-    ('tracking.levels', 3, 'levels of a tracking search (level 0 = candidates around the prior)',
-     params.at_least(1)),
-    ('tracking.prior_timeout', 0.5,
-     'a prior more than this (s) away from the image stamp is not used',
-     params.at_least(0.0, True)),
-    ('tracking.min_sigma', [1.0, 1.0, 0.1, 0.5, 0.5, 2.0],
-     'floor of the prior standard deviation seeding tracking: x, y, z (m), r, p, y (deg)',
-     params.finite_list(6, nonnegative=True)),
-    ('markers.count', 50, 'top candidates drawn on ~/candidates', params.at_least(0)),
-    ('diagnostic_period', 1.0, 'period of /diagnostics (s)', params.at_least(0.0, True)),
-    ('seed', 0, 'seed of the candidate noise (same image, same pose)', params.at_least(0)),
-)
-
-
-LIVE = ('min_score', 'max_rate', 'max_image_age', 'max_image_future', 'min_std', 'markers.count',
-        'tracking.enabled', 'tracking.prior_timeout', 'transform_tolerance')
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Parameter values read at configure (names as in :data:`PARAMETERS`, dots -> '_')."""
-
-    values: dict
-
-    def __getattr__(self, name):
-        try:
-            return self.values[name]
-        except KeyError as exc:
-            raise AttributeError(name) from exc
-
-
-def cross_check(values: dict) -> str | None:
-    """Checks between parameters (dots replaced by '_'); ``None`` when consistent."""
-    n = values['search_num_candidates']
-    if values['search_top_k'] > n:
-        return f"search.top_k ({values['search_top_k']}) must be <= search.num_candidates ({n})"
-    if values['search_num_average'] > n:
-        return (f"search.num_average ({values['search_num_average']}) must be <= "
-                f'search.num_candidates ({n})')
-    return None
-
-
-class _Stats:
-    """Counters and sliding windows for diagnostics (guarded by the node's lock)."""
-
-    def __init__(self):
-        self.received = self.skipped = self.processed = self.published = 0
-        self.failed = self.low_score = 0
-        self.rejected: dict[str, int] = {}
-        self.done = deque()  # (monotonic time, processing ms, stamp age ms)
-        self.last_score = float('nan')
-        self.last_mode = ''
-        self.last_problem = ''
-        self.last_outcome = ''  # published, low score, rejected or failed
-
-    def reject(self, reason: str):
-        self.rejected[reason] = self.rejected.get(reason, 0) + 1
-        self.last_problem, self.last_outcome = reason, 'rejected'
-
-    def window(self, now: float):
-        while self.done and now - self.done[0][0] > STATS_WINDOW_S:
-            self.done.popleft()
-        return list(self.done)
 
 
 class LocalizerNode(QuietSubscriptions, LifecycleNode):
@@ -312,7 +101,7 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
         self._inference_group = MutuallyExclusiveCallbackGroup()
         self._localizer = None
         self._settings: Settings | None = None
-        self._stats = _Stats()
+        self._stats = Stats()
         self._entities = []  # (destroy function, entity) of configure-time entities
         # Not ``_subscriptions``: that is rclpy Node's own list, which the executor waits on.
         # Reassigning it (as this node once did) dropped rclpy's /clock subscription under
@@ -346,7 +135,7 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
             self._localizer = None
             return TransitionCallbackReturn.FAILURE
         self._settings, self._device = settings, device
-        self._stats = _Stats()
+        self._stats = Stats()
         self._reset_state()
         reliable = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE)
         self._pose_pub = self.create_lifecycle_publisher(PoseWithCovarianceStamped, '~/pose',
@@ -654,7 +443,7 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
         header_stamp = msg.header.stamp
         good = result.score >= s.min_score
         self._score_pub.publish(Float32(data=float(result.score)))
-        self._publish_markers(result, extrinsic, t_map_base, header_stamp, s)
+        self._marker_pub.publish(candidate_markers(result, extrinsic, t_map_base, header_stamp, s))
         if good:
             out = PoseWithCovarianceStamped()
             out.header.stamp = header_stamp
@@ -740,36 +529,6 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
                                             w=t_map_odom[6])
         self._tf_broadcaster.sendTransform(out)
 
-    def _publish_markers(self, result, extrinsic, t_map_base, stamp: TimeMsg, s: Settings):
-        markers = MarkerArray()
-        markers.markers.append(Marker(action=Marker.DELETEALL))
-        camera_base = np.linalg.inv(extrinsic)
-        count = min(s.markers_count, len(result.candidates))
-        scores = result.candidate_scores[:count]
-        low, high = (float(scores.min()), float(scores.max())) if count else (0.0, 1.0)
-        for i in range(count):
-            marker = Marker(ns='candidates', id=i, type=Marker.ARROW, action=Marker.ADD)
-            marker.header.stamp, marker.header.frame_id = stamp, s.map_frame
-            matrix = pose_to_matrix(result.candidates[i]) @ camera_base
-            marker.pose = matrix_to_pose_msg(matrix)
-            marker.scale = Vector3(x=2.0, y=0.25, z=0.25)
-            marker.color = score_color((scores[i] - low) / (high - low) if high > low else 1.0)
-            markers.markers.append(marker)
-        estimate = Marker(ns='estimate', id=0, type=Marker.ARROW, action=Marker.ADD)
-        estimate.header.stamp, estimate.header.frame_id = stamp, s.map_frame
-        estimate.pose = matrix_to_pose_msg(t_map_base)
-        estimate.scale = Vector3(x=4.0, y=0.6, z=0.6)
-        estimate.color = ColorRGBA(r=0.1, g=0.4, b=1.0, a=1.0)
-        label = Marker(ns='estimate', id=1, type=Marker.TEXT_VIEW_FACING, action=Marker.ADD)
-        label.header = estimate.header
-        label.pose = matrix_to_pose_msg(t_map_base)
-        label.pose.position.z += 3.0
-        label.scale.z = 1.5
-        label.color = ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0)
-        label.text = f'{result.mode} {result.score:.2f}'
-        markers.markers.extend([estimate, label])
-        self._marker_pub.publish(markers)
-
     # --- diagnostics --------------------------------------------------------------------------
 
     def _event_diagnostics(self):
@@ -782,49 +541,13 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
         s = self._settings
         if s is None:
             return
-        now = time.monotonic()
         with self._lock:
-            st = self._stats
-            window = st.window(now)
-            values = {
-                'rate (Hz)': len(window) / STATS_WINDOW_S,
-                'frames received': st.received,
-                'frames skipped': st.skipped,
-                'frames processed': st.processed,
-                'poses published': st.published,
-                'frames under min_score': st.low_score,
-                'frames failed': st.failed,
-                'frames rejected': sum(st.rejected.values()),
-                **{f'rejected: {k}': v for k, v in sorted(st.rejected.items())},
-                'last score': st.last_score,
-                'mode': st.last_mode,
-                'last problem': st.last_problem,
-            }
-            outcome = st.last_outcome
-        if window:
-            processing = np.array([w[1] for w in window])
-            age = np.array([w[2] for w in window])
-            values.update({'latency median (ms)': float(np.median(processing)),
-                           'latency p95 (ms)': float(np.percentile(processing, 95)),
-                           'stamp age at publish median (ms)': float(np.median(age))})
+            values, window, outcome = self._stats.snapshot(time.monotonic())
         backend = self._localizer.backend_name if self._localizer else s.backend
-        values.update({'backend': backend, 'device': self._device,
-                       'image conversion': IMAGE_BACKEND or 'none', 'model': s.model_path})
-        status = DiagnosticStatus(name=f'{self.get_name()}: localization',
-                                  hardware_id=f'{backend}:{self._device}')
-        active = bool(self._active_subscriptions)
-        if not active:
-            status.level, status.message = DiagnosticStatus.WARN, 'inactive'
-        elif not window:
-            status.level, status.message = DiagnosticStatus.WARN, 'no frames processed lately'
-        elif outcome == 'failed':
-            status.level, status.message = DiagnosticStatus.ERROR, values['last problem']
-        elif outcome != 'published':
-            status.level, status.message = DiagnosticStatus.WARN, values['last problem']
-        else:
-            status.level, status.message = DiagnosticStatus.OK, 'localizing'
-        status.values = [KeyValue(key=k, value=f'{v:.4g}' if isinstance(v, float) else str(v))
-                         for k, v in values.items()]
+        status = localization_status(
+            self.get_name(), values, window, outcome, bool(self._active_subscriptions),
+            {'backend': backend, 'device': self._device,
+             'image conversion': IMAGE_BACKEND or 'none', 'model': s.model_path})
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
         self._diag_pub.publish(array)

@@ -1,0 +1,132 @@
+"""What the localizer node publishes besides the pose: markers and diagnostics, built here."""
+
+from __future__ import annotations
+
+from collections import deque
+
+from builtin_interfaces.msg import Time as TimeMsg
+from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Vector3
+import numpy as np
+from std_msgs.msg import ColorRGBA
+from visualization_msgs.msg import Marker, MarkerArray
+
+from imposing_ros.geometry import pose_to_matrix
+from imposing_ros.nodes.conversions import matrix_to_pose_msg
+from imposing_ros.nodes.localizer_params import Settings
+
+# Period of the sliding windows of the rate and latency statistics.
+STATS_WINDOW_S = 5.0
+
+
+def score_color(fraction: float) -> ColorRGBA:
+    """Red (worst shown) -> yellow -> green (best) for ``fraction`` in [0, 1]."""
+    f = min(max(float(fraction), 0.0), 1.0)
+    return ColorRGBA(r=min(1.0, 2.0 * (1.0 - f)), g=min(1.0, 2.0 * f), b=0.0, a=0.9)
+
+
+class Stats:
+    """Counters and sliding windows for diagnostics (guarded by the node's lock)."""
+
+    def __init__(self):
+        self.received = self.skipped = self.processed = self.published = 0
+        self.failed = self.low_score = 0
+        self.rejected: dict[str, int] = {}
+        self.done = deque()  # (monotonic time, processing ms, stamp age ms)
+        self.last_score = float('nan')
+        self.last_mode = ''
+        self.last_problem = ''
+        self.last_outcome = ''  # published, low score, rejected or failed
+
+    def reject(self, reason: str):
+        """Count a refused frame and remember why."""
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        self.last_problem, self.last_outcome = reason, 'rejected'
+
+    def window(self, now: float):
+        """(time, processing ms, stamp age ms) of the frames done in the last STATS_WINDOW_S."""
+        while self.done and now - self.done[0][0] > STATS_WINDOW_S:
+            self.done.popleft()
+        return list(self.done)
+
+    def snapshot(self, now: float) -> tuple[dict, list, str]:
+        """(counter values, the recent window, the last outcome), for diagnostics."""
+        window = self.window(now)
+        values = {
+            'rate (Hz)': len(window) / STATS_WINDOW_S,
+            'frames received': self.received,
+            'frames skipped': self.skipped,
+            'frames processed': self.processed,
+            'poses published': self.published,
+            'frames under min_score': self.low_score,
+            'frames failed': self.failed,
+            'frames rejected': sum(self.rejected.values()),
+            **{f'rejected: {k}': v for k, v in sorted(self.rejected.items())},
+            'last score': self.last_score,
+            'mode': self.last_mode,
+            'last problem': self.last_problem,
+        }
+        return values, window, self.last_outcome
+
+
+def candidate_markers(result, extrinsic, t_map_base, stamp: TimeMsg, s: Settings) -> MarkerArray:
+    """Top candidates (arrows coloured by score), the estimate and a label, base_link in map."""
+    markers = MarkerArray()
+    markers.markers.append(Marker(action=Marker.DELETEALL))
+    camera_base = np.linalg.inv(extrinsic)
+    count = min(s.markers_count, len(result.candidates))
+    scores = result.candidate_scores[:count]
+    low, high = (float(scores.min()), float(scores.max())) if count else (0.0, 1.0)
+    for i in range(count):
+        marker = Marker(ns='candidates', id=i, type=Marker.ARROW, action=Marker.ADD)
+        marker.header.stamp, marker.header.frame_id = stamp, s.map_frame
+        matrix = pose_to_matrix(result.candidates[i]) @ camera_base
+        marker.pose = matrix_to_pose_msg(matrix)
+        marker.scale = Vector3(x=2.0, y=0.25, z=0.25)
+        marker.color = score_color((scores[i] - low) / (high - low) if high > low else 1.0)
+        markers.markers.append(marker)
+    estimate = Marker(ns='estimate', id=0, type=Marker.ARROW, action=Marker.ADD)
+    estimate.header.stamp, estimate.header.frame_id = stamp, s.map_frame
+    estimate.pose = matrix_to_pose_msg(t_map_base)
+    estimate.scale = Vector3(x=4.0, y=0.6, z=0.6)
+    estimate.color = ColorRGBA(r=0.1, g=0.4, b=1.0, a=1.0)
+    label = Marker(ns='estimate', id=1, type=Marker.TEXT_VIEW_FACING, action=Marker.ADD)
+    label.header = estimate.header
+    label.pose = matrix_to_pose_msg(t_map_base)
+    label.pose.position.z += 3.0
+    label.scale.z = 1.5
+    label.color = ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0)
+    label.text = f'{result.mode} {result.score:.2f}'
+    markers.markers.extend([estimate, label])
+    return markers
+
+
+def localization_status(node_name: str, values: dict, window: list, outcome: str, active: bool,
+                        extra: dict) -> DiagnosticStatus:
+    """The node's DiagnosticStatus from a :meth:`Stats.snapshot` and ``extra`` key-values.
+
+    ``extra`` holds at least ``backend`` and ``device`` (the hardware id).
+    """
+    values = dict(values)
+    if window:
+        processing = np.array([w[1] for w in window])
+        age = np.array([w[2] for w in window])
+        values.update({'latency median (ms)': float(np.median(processing)),
+                       'latency p95 (ms)': float(np.percentile(processing, 95)),
+                       'stamp age at publish median (ms)': float(np.median(age))})
+    values.update(extra)
+    status = DiagnosticStatus(name=f'{node_name}: localization',
+                              hardware_id=f"{extra['backend']}:{extra['device']}")
+    if not active:
+        status.level, status.message = DiagnosticStatus.WARN, 'inactive'
+    elif not window:
+        status.level, status.message = DiagnosticStatus.WARN, 'no frames processed lately'
+    elif outcome == 'failed':
+        status.level, status.message = DiagnosticStatus.ERROR, values['last problem']
+    elif outcome != 'published':
+        status.level, status.message = DiagnosticStatus.WARN, values['last problem']
+    else:
+        status.level, status.message = DiagnosticStatus.OK, 'localizing'
+    status.values = [KeyValue(key=k, value=f'{v:.4g}' if isinstance(v, float) else str(v))
+                     for k, v in values.items()]
+    return status
