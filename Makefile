@@ -42,14 +42,16 @@ demo: setup
 
 # The committed demo model, reproduced: render the city, train on every frame of the five
 # training traversals (config/train_helsinki.yaml), keep fp16 weights (models/ holds at most
-# 50 MB). Each step prints its wall time; figures of one run are in docs/training.md.
+# 50 MB), fit its covariance on the calibration traversal, evaluate it on the held-out one.
+# Each step prints its wall time; figures of one run are in docs/training.md.
 TRAIN_TRAVERSALS := t1_sunny_summer t2_overcast_autumn t3_dusk_summer t4_foggy_spring t5_snowy_winter
 HELDOUT := data/helsinki/t6_heldout_winter_morning
+CALIBRATION := data/helsinki/t7_calibration_overcast_autumn
 timed = start=$$(date +%s); $(1); rc=$$?; echo "[$(2): $$(( $$(date +%s) - start )) s]"; exit $$rc
 
 demo-data: setup
-	@test -f $(HELDOUT)/metadata.yaml || { $(call timed,$(VENV)/bin/imposing-ros sim \
-	  --scene config/scenes/helsinki.yaml --out data/helsinki,render); }
+	@test -f $(HELDOUT)/metadata.yaml -a -f $(CALIBRATION)/metadata.yaml || { $(call timed,\
+	  $(VENV)/bin/imposing-ros sim --scene config/scenes/helsinki.yaml --out data/helsinki,render); }
 
 demo-model: demo-data
 	@$(call timed,$(VENV)/bin/imposing-ros train --config config/train_helsinki.yaml \
@@ -57,6 +59,8 @@ demo-model: demo-data
 	  --val helsinki=$(HELDOUT),train)
 	@$(call timed,$(VENV)/bin/imposing-ros export --model runs/helsinki/last.pt \
 	  --format checkpoint-fp16 --out models/helsinki_demo.pt,export)
+	@$(call timed,$(VENV)/bin/imposing-ros calibrate --model models/helsinki_demo.pt \
+	  --data $(CALIBRATION),calibrate)
 	@$(call timed,$(VENV)/bin/imposing-ros evaluate --model models/helsinki_demo.pt \
 	  --data $(HELDOUT) --backend torch --json runs/helsinki/heldout.json,evaluate)
 

@@ -21,6 +21,7 @@ COMMANDS = {
     'sim': 'imposing_ros.sim.cli',
     'bench': 'imposing_ros.evaluation.bench',
     'export': 'imposing_ros.runtime.export',
+    'calibrate': 'imposing_ros.localization.calibration',
     'run': 'imposing_ros.nodes.runner',
     'demo': 'imposing_ros.nodes.demo',
 }
@@ -32,6 +33,7 @@ HELP = {
     'sim': 'render simulated driving traversals of a city scene into rosbag2 files',
     'bench': 'benchmark per-stage inference time and accuracy of the backends',
     'export': 'export a trained model for an inference backend',
+    'calibrate': 'fit the published covariance of a model to its errors on posed frames',
     'run': 'run the localizer (and filter) nodes in one process, without ros2 launch',
     'demo': 'live localization demo over DDS on a held-out simulated traversal',
 }

@@ -153,3 +153,31 @@ def test_odd_aspect_ratio_is_said_once(folders, caplog):
         localizer.localize(wide)
     warnings = [r for r in caplog.records if 'stretched' in r.getMessage()]
     assert len(warnings) == 1 and '1241x376' in warnings[0].getMessage()
+
+
+def test_calibrate_fits_the_published_covariance(folders, tmp_path):
+    import numpy as np
+
+    from imposing_ros.data.plain import PlainFolder
+    from imposing_ros.evaluation.metrics import CHI2_2DOF_95
+    from imposing_ros.localization.calibration import fit_scale
+    from imposing_ros.localization.localizer import Localizer
+    from imposing_ros.model.checkpoint import read_checkpoint
+
+    # Squared distances at factor 1: the fitted factor puts 95 % of them inside the ellipse.
+    d2 = np.linspace(0.0, 100.0, 101)
+    k = fit_scale(d2)
+    assert np.mean(d2 / k <= CHI2_2DOF_95) == pytest.approx(0.95, abs=0.011)
+    root, train, _ = folders
+    out = tmp_path / 'calibrated.pt'
+    assert cli.main(['calibrate', '--model', str(root / 'run' / 'last.pt'), '--data', str(train),
+                     '--frames', '12', '--out', str(out)]) == 0
+    scale = read_checkpoint(out)['covariance_scale']
+    assert scale > 0
+    image = next(iter(PlainFolder(train))).image
+    raw = Localizer.from_checkpoint(root / 'run' / 'last.pt').localize(image)
+    fitted = Localizer.from_checkpoint(out).localize(image)
+    assert np.allclose(fitted.pose, raw.pose)
+    assert np.allclose(fitted.covariance, scale * raw.covariance)
+    with pytest.raises(ValueError, match='at least 10'):
+        fit_scale(np.ones(5))

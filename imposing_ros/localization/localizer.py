@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 import logging
+import math
 import time
 from typing import Callable, NamedTuple
 
@@ -126,7 +127,11 @@ class Localizer:
                  config: LocalizerConfig | None = None, device: str | torch.device = 'cpu',
                  backend: str | Backend = DEFAULT_BACKEND,
                  initial_poses: torch.Tensor | None = None, inductor: str = DEFAULT_INDUCTOR,
-                 engine_cache: str | None = None):
+                 engine_cache: str | None = None, covariance_scale: float = 1.0):
+        if not (math.isfinite(covariance_scale) and covariance_scale > 0):
+            raise ValueError(f'covariance_scale must be finite and > 0, got {covariance_scale}')
+        # Factor on the candidates' spread, fitted per model (imposing-ros calibrate).
+        self.covariance_scale = float(covariance_scale)
         self.config = config or LocalizerConfig()
         self.device = torch.device(device)
         self.scene = model.default_scene(scene)
@@ -173,9 +178,10 @@ class Localizer:
         ``backend``, ``inductor`` and ``engine_cache`` (TensorRT programs) choose how it runs
         (:func:`imposing_ros.runtime.backends.select_backend`).
         """
-        model, _ = load_model(path, 'cpu')
+        model, data = load_model(path, 'cpu')
         return cls(model, scene, config, device, backend, inductor=inductor,
-                   engine_cache=engine_cache)
+                   engine_cache=engine_cache,
+                   covariance_scale=float(data.get('covariance_scale', 1.0)))
 
     @property
     def backend_name(self) -> str:
@@ -249,8 +255,9 @@ class Localizer:
         self._sync()
         timings['search'] = 1e3 * (time.perf_counter() - t2)
         timings['total'] = 1e3 * (time.perf_counter() - t0)
+        covariance = result.covariance[0].double().cpu().numpy() * self.covariance_scale
         return LocalizationResult(
-            result.pose[0].double().cpu().numpy(), result.covariance[0].double().cpu().numpy(),
+            result.pose[0].double().cpu().numpy(), covariance,
             float(result.score[0]), result.candidates[0].double().cpu().numpy(),
             result.candidate_scores[0].double().cpu().numpy(), mode, timings, result.levels)
 
