@@ -184,3 +184,198 @@ def test_tensorrt_cache_key_follows_weights_shapes_and_target(model):
     with torch.no_grad():
         net.weights[0][0, 0] += 1
     assert key != cache_key(net, poses, 'gpu A')
+
+
+# The GPU path's logic that runs without a GPU (issue 18); test/test_gpu_path.py has the rest.
+
+def test_tensorrt_cache_key_names_library_versions_and_the_gpu_index(monkeypatch, model):
+    import sys
+    from types import SimpleNamespace
+
+    from imposing_ros.runtime import tensorrt
+    from imposing_ros.runtime.backends import PreparedPoseEncoder
+    from imposing_ros.runtime.programs import cache_key
+
+    installed = {'torch-tensorrt': '2.14.0', 'tensorrt': '10.13.0'}
+
+    def version(name):
+        if name not in installed:
+            raise tensorrt.importlib.metadata.PackageNotFoundError(name)
+        return installed[name]
+
+    monkeypatch.setattr(tensorrt.importlib.metadata, 'version', version)
+    before = tensorrt.library_versions()
+    assert 'torch-tensorrt 2.14.0' in before and 'tensorrt 10.13.0' in before
+    assert f'torch {torch.__version__}' in before
+    net = PreparedPoseEncoder(model, 'bench', torch.float16)
+    poses = torch.zeros(1, 256, 7)
+    key = cache_key(net, poses, before)
+    installed['tensorrt'] = '10.14.1'  # a TensorRT upgrade alone makes a new key
+    assert cache_key(net, poses, tensorrt.library_versions()) != key
+    del installed['tensorrt']  # JetPack: no metadata, the imported module's version
+    monkeypatch.setitem(sys.modules, 'tensorrt', SimpleNamespace(__version__='10.3.0'))
+    assert 'tensorrt 10.3.0' in tensorrt.library_versions()
+    # Engines are built for the backend's GPU, named with its index.
+    second = torch.device('cuda', 1)
+    assert tensorrt.cuda_device(second) == second
+    settings = tensorrt.compile_settings(second)
+    assert settings['device'] == second and 'use_explicit_typing' not in settings
+    # use_explicit_typing only for a compiler that reads it (2.14's does not: always typed).
+    assert not tensorrt.takes_explicit_typing(SimpleNamespace())
+    older = SimpleNamespace(dynamo=SimpleNamespace(
+        compile=lambda program, *, device=None, use_explicit_typing=False: program))
+    assert tensorrt.takes_explicit_typing(older)
+    assert tensorrt.compile_settings(second, True)['use_explicit_typing'] is True
+
+
+class _FakeTorchTensorRT:
+    """torch_tensorrt stand-in: 'compiles' to the module itself, saves an exported program."""
+
+    def __init__(self):
+        self.compiled = []
+
+    def compile(self, module, **kwargs):
+        self.compiled.append(kwargs)
+        return module
+
+    def save(self, module, path, output_format, arg_inputs):
+        assert output_format == 'exported_program'
+        torch.export.save(torch.export.export(module, tuple(arg_inputs)), path)
+
+
+def test_tensorrt_cache_rebuilds_a_program_that_does_not_load(monkeypatch, tmp_path, caplog):
+    from imposing_ros.runtime import tensorrt
+
+    fake = _FakeTorchTensorRT()
+    monkeypatch.setattr(tensorrt, 'import_torch_tensorrt', lambda: fake)
+    monkeypatch.setattr(tensorrt, 'target_description',
+                        lambda device: f'{device}|{tensorrt.library_versions()}')
+    net, example = torch.nn.Linear(7, 4).eval(), torch.rand(1, 8, 7)
+    with caplog.at_level(logging.INFO, logger='imposing_ros.runtime'):
+        tensorrt.compile_cached(net, example, tmp_path, 'pose')
+    assert 'building the TensorRT pose engine' in caplog.text  # said before minutes of work
+    assert len(fake.compiled) == 1 and fake.compiled[0]['device'] == example.device
+    assert 'use_explicit_typing' not in fake.compiled[0]
+    (path,) = tmp_path.glob('pose-*.ep')
+    loaded = tensorrt.compile_cached(net, example, tmp_path, 'pose')
+    assert len(fake.compiled) == 1  # loaded, not rebuilt
+    with torch.no_grad():
+        assert torch.allclose(loaded(example), net(example))
+    path.write_bytes(b'an engine of another TensorRT')
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger='imposing_ros.runtime'):
+        tensorrt.compile_cached(net, example, tmp_path, 'pose')
+    assert len(fake.compiled) == 2 and 'does not load here' in caplog.text
+    assert tensorrt.load_program(path, example) is not None  # the rebuilt program replaced it
+
+
+def test_auto_falls_back_to_torch_fp16_when_tensorrt_fails(monkeypatch, model, caplog):
+    from imposing_ros.runtime import tensorrt
+
+    class FailingTensorRT:
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError('Unsupported operator: aten.fancy_op')
+
+    built = []
+
+    class RecordingTorchBackend:
+        def __init__(self, model, scene, device, precision, inductor=False):
+            built.append((torch.device(device), precision))
+            self.name = 'torch-' + precision
+
+    monkeypatch.setattr(backends, 'tensorrt_available', lambda: True)
+    monkeypatch.setattr(tensorrt, 'TensorRTBackend', FailingTensorRT)
+    monkeypatch.setattr(backends, 'TorchBackend', RecordingTorchBackend)
+    assert resolve_backend_name('auto', 'cuda:1') == 'tensorrt'
+    with caplog.at_level(logging.WARNING, logger='imposing_ros.runtime'):
+        backend = select_backend('auto', model, device='cuda:1')
+    assert backend.name == 'torch-fp16' and built == [(torch.device('cuda:1'), 'fp16')]
+    assert 'TensorRT failed on cuda:1' in caplog.text and 'aten.fancy_op' in caplog.text
+    with pytest.raises(RuntimeError, match='aten.fancy_op'):  # asked for by name: no fallback
+        select_backend('tensorrt', model, device='cuda:1')
+
+
+class _StaticShape(torch.nn.Module):
+    """A module that refuses any input shape but one, like a TensorRT engine."""
+
+    def __init__(self, module, shape):
+        super().__init__()
+        self.module, self.shape = module, tuple(shape)
+
+    def forward(self, x):
+        if tuple(x.shape) != self.shape:
+            raise RuntimeError(f'engine built for {self.shape}, got {tuple(x.shape)}')
+        return self.module(x)
+
+
+def test_a_fixed_batch_pose_engine_takes_any_candidate_count(model):
+    from imposing_ros.runtime.backends import encode_in_chunks, PreparedPoseEncoder
+
+    n = 64
+    net = PreparedPoseEncoder(model, 'bench', torch.float32)
+    engine = _StaticShape(net, (n, 7))
+    poses = model.maps['bench'].initial_poses
+    with torch.no_grad():
+        for count in (1, n - 1, n, 2 * n + 3):
+            assert torch.allclose(encode_in_chunks(engine, poses[:count], n),
+                                  net(poses[:count]), atol=1e-6)
+        batched = poses[:3 * n].reshape(3, n, 7)  # [B, N, 7], the tracking search's shape
+        assert torch.allclose(encode_in_chunks(engine, batched, n), net(batched), atol=1e-6)
+    with pytest.raises(ValueError, match='no poses'):
+        encode_in_chunks(engine, poses[:0], n)
+
+
+def test_localizer_takes_m_level0_poses_on_an_n_pose_engine(model):
+    # Localizer(initial_poses=M != N) and bench --level0 M with --backend tensorrt: the pose
+    # engine's batch is N, the level-0 set M.
+    from imposing_ros.runtime.backends import PreparedImageEncoder, PreparedPoseEncoder
+    from imposing_ros.runtime.tensorrt import TensorRTBackend
+
+    n = SEARCH.num_candidates
+    image_engine = _StaticShape(PreparedImageEncoder(model, 'bench', torch.float32, False),
+                                (1, 3, *TINY.image_size))
+    pose_engine = _StaticShape(PreparedPoseEncoder(model, 'bench', torch.float32), (1, n, 7))
+    static = TensorRTBackend.from_engines(model, None, 'cpu', image_engine, pose_engine, n)
+    level0 = model.maps['bench'].initial_poses[:1000]  # M = 1000, N = 256
+    config = LocalizerConfig(search=SEARCH)
+    image = np.random.default_rng(3).integers(0, 255, (48, 80, 3), np.uint8)
+    a = Localizer(model, config=config, backend=static, initial_poses=level0).localize(image)
+    b = Localizer(model, config=config, backend='torch', initial_poses=level0,
+                  inductor='off').localize(image)
+    assert np.abs(a.pose[:3] - b.pose[:3]).max() < 1e-3 and abs(a.score - b.score) < 1e-4
+
+
+def test_saved_programs_take_the_writers_format_whatever_the_suffix(tmp_path):
+    from imposing_ros.runtime.programs import save_atomically
+
+    net, example = torch.nn.Linear(7, 4).eval(), torch.rand(2, 7)
+    program = torch.export.export(net, (example,))
+    for name in ('program.ep', 'program.pt2', 'program.bin'):
+        path = save_atomically(tmp_path / name, lambda tmp: torch.export.save(program, str(tmp)))
+        with torch.no_grad():
+            assert torch.allclose(torch.export.load(str(path)).module()(example), net(example))
+
+    def broken(tmp):
+        tmp.write_bytes(b'half a program')
+        raise OSError('disk full')
+
+    with pytest.raises(OSError, match='disk full'):
+        save_atomically(tmp_path / 'other.ep', broken)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['program.bin', 'program.ep',
+                                                          'program.pt2']
+
+
+def test_graph_capture_falls_back_to_eager_off_cuda(model, caplog):
+    from imposing_ros.localization.search import draw_noise, unit_codes
+    from imposing_ros.runtime import graphs
+
+    backend = TorchBackend(model)
+    poses = model.maps['bench'].initial_poses[:SEARCH.num_candidates]
+    with torch.no_grad():
+        unit = unit_codes(backend.encode_poses(poses))
+    with caplog.at_level(logging.WARNING, logger='imposing_ros.runtime'):
+        assert graphs.try_capture(backend, poses, unit, SEARCH, draw_noise(SEARCH, 1),
+                                  TINY.dim) is None
+    assert 'need a CUDA device' in caplog.text
+    if torch.torch_version.TorchVersion(torch.__version__) >= '2.14':
+        assert graphs.CAN_CHECK_INPUTS  # the pinned torch can check inputs at replay

@@ -26,7 +26,8 @@ Backends (``select_backend`` names):
 ``tensorrt``
     torch-tensorrt dynamo engines (:mod:`imposing_ros.runtime.tensorrt`), CUDA only.
 ``auto`` (default)
-    TensorRT on CUDA when torch-tensorrt imports, else torch fp16 on CUDA; on a CPU
+    TensorRT on CUDA when torch-tensorrt imports and its engines build or load (a failure is
+    logged with its reason and torch fp16 is used instead), else torch fp16 on CUDA; on a CPU
     ``torch-int8`` when the cache folder holds int8 programs of this model (someone exported
     them: the fastest CPU path measured), else torch bf16 where oneDNN runs bf16 natively
     (AVX-512 BF16 or AMX), else torch fp32. The choice is logged.
@@ -248,6 +249,29 @@ class TorchBackend(Backend):
                 'inductor': self.inductor, 'threads': torch.get_num_threads()}
 
 
+def encode_in_chunks(program, poses: torch.Tensor, n: int) -> torch.Tensor:
+    """Codes ``[..., d]`` of poses ``[..., 7]`` of any count, by a program of ``n`` poses.
+
+    ``program`` maps ``[n, 7] -> [n, d]`` (a static-shape engine). The poses run in chunks of
+    ``n``, the last one padded with copies of its first pose (real poses: nothing outside the
+    range the engine was built on); exactly ``n`` poses, the search's case, run in one call.
+    """
+    flat = poses.reshape(-1, 7)
+    if len(flat) == 0:
+        raise ValueError('no poses to encode')
+    if len(flat) == n:
+        codes = program(flat)
+    else:
+        chunks = []
+        for start in range(0, len(flat), n):
+            chunk = flat[start:start + n]
+            if len(chunk) < n:
+                chunk = torch.cat([chunk, chunk[:1].expand(n - len(chunk), 7)])
+            chunks.append(program(chunk))
+        codes = torch.cat(chunks)[:len(flat)]
+    return codes.reshape(*poses.shape[:-1], codes.shape[-1])
+
+
 def compiled_search_steps(inductor: bool):
     """The search's proposer and score ``(sample, score)``, compiled when ``inductor``.
 
@@ -306,7 +330,8 @@ def select_backend(name: str, model: ImPosing, scene: str | None = None,
     ``num_candidates`` fixes the pose engine's batch for TensorRT; ``cache_dir`` holds the
     compiled programs of ``tensorrt`` and ``torch-int8``. ``inductor`` ('auto', 'on', 'off')
     compiles the torch backends with inductor; 'auto' = on a CPU with a C++ compiler
-    (``torch-int8`` always runs through it). ``auto`` logs what it chose.
+    (``torch-int8`` always runs through it). ``auto`` logs what it chose, and falls back to
+    ``torch-fp16`` with a warning where TensorRT fails; an explicit ``tensorrt`` raises.
     """
     if inductor not in INDUCTOR_CHOICES:
         raise ValueError(f'inductor must be one of {INDUCTOR_CHOICES}, got {inductor!r}')
@@ -332,8 +357,16 @@ def select_backend(name: str, model: ImPosing, scene: str | None = None,
     if resolved == 'tensorrt':
         from imposing_ros.runtime.tensorrt import TensorRTBackend
 
-        return TensorRTBackend(model, scene, device, num_candidates=num_candidates,
-                               cache_dir=cache_dir)
+        try:
+            return TensorRTBackend(model, scene, device, num_candidates=num_candidates,
+                                   cache_dir=cache_dir)
+        except Exception as exc:  # conversion, build or load: the reasons vary by model and GPU
+            if name != 'auto':
+                raise
+            # TensorRT is what auto tries first, not what it promises: fall back, saying why.
+            LOGGER.warning('backend auto: TensorRT failed on %s (%s: %s); using torch-fp16',
+                           torch.device(device), type(exc).__name__, exc)
+            resolved = 'torch-fp16'
     if resolved == 'torch-int8':
         if inductor == 'off':
             raise ValueError('the torch-int8 backend runs through inductor: '

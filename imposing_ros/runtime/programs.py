@@ -35,8 +35,10 @@ def cache_key(module: torch.nn.Module, example: torch.Tensor, target: str) -> st
 def save_atomically(path: Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a hidden file beside ``path``, then rename it to ``path``.
 
-    A crash or an error leaves no half-written program under the real name. The temporary name
-    keeps ``path``'s suffix (torch-tensorrt picks the format from it).
+    A crash or an error leaves no half-written program under the real name. The format is
+    whatever ``write`` writes: neither ``torch.export.save`` nor ``torch_tensorrt.save`` reads
+    it from the file name (``torch_tensorrt.save`` takes ``output_format``), so the temporary
+    name only keeps ``path``'s suffix for people and tools that look at it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
