@@ -72,14 +72,47 @@ def test_inductor_backend_gives_the_eager_results(model):
     assert abs(a.score - b.score) < 1e-4
 
 
-def test_auto_picks_bf16_only_where_the_cpu_runs_it_natively(monkeypatch, model, caplog):
+def test_auto_on_a_cpu_chooses_by_measurement(monkeypatch, model, caplog, tmp_path):
+    from imposing_ros.runtime import choice as choice_module
+
+    assert resolve_backend_name('auto', 'cpu') == backends.CPU_AUTO
+    measured = {}
+
+    def fake_timing(backend, image, poses, levels):  # (ms, codes) as _time_backend gives
+        codes = backend.encode_poses(poses)
+        return measured[backend.precision], codes
+
+    monkeypatch.setattr(choice_module, '_time_backend', fake_timing)
+    monkeypatch.setattr(choice_module, 'CACHE_FILE', tmp_path / 'auto.json')
     monkeypatch.setattr(backends, 'cpu_has_native_bf16', lambda: True)
-    assert resolve_backend_name('auto', 'cpu') == 'torch-bf16'
+    cache = tmp_path / 'auto.json'
+    # bf16 emulated (slower than fp32): never chosen, whatever the CPU flag says.
+    measured.update(fp32=10.0, bf16=30.0)
+    slow = choice_module.choose_cpu_precision(model, 'bench', 64, 3, cache_file=cache)
+    assert slow.precision == 'fp32' and slow.source == 'measured'
+    assert slow.agreement > 0.99  # the codes agree: speed decided
+    # The next start reads the cache, measures nothing.
+    measured.update(fp32=10.0, bf16=1.0)
+    again = choice_module.choose_cpu_precision(model, 'bench', 64, 3, cache_file=cache)
+    assert again.precision == 'fp32' and again.source == 'cache'
+    # Native bf16 (faster by more than MIN_GAIN) on another search size: chosen.
+    fast = choice_module.choose_cpu_precision(model, 'bench', 128, 3, cache_file=cache)
+    assert fast.precision == 'bf16' and fast.milliseconds == {'fp32': 10.0, 'bf16': 1.0}
+    # A gain within timing noise keeps fp32.
+    measured.update(fp32=10.0, bf16=9.5)
+    assert choice_module.choose_cpu_precision(model, 'bench', 256, 3,
+                                              cache_file=None).precision == 'fp32'
+    # No bf16 kernels at all: fp32 without measuring.
     monkeypatch.setattr(backends, 'cpu_has_native_bf16', lambda: False)
-    assert resolve_backend_name('auto', 'cpu') == 'torch'
+    assert choice_module.choose_cpu_precision(model, 'bench', 512, 3, cache_file=None).source == \
+        'no bf16 kernels'
+    # select_backend uses it and says why.
+    monkeypatch.setattr(backends, 'cpu_has_native_bf16', lambda: True)
+    measured.update(fp32=10.0, bf16=2.0)
     with caplog.at_level(logging.INFO, logger='imposing_ros.runtime'):
-        backend = select_backend('auto', model, inductor='off')
-    assert backend.name == 'torch' and 'backend auto -> torch on cpu' in caplog.text
+        backend = select_backend('auto', model, num_candidates=1024, inductor='off')
+    assert backend.name == 'torch-bf16' and 'backend auto -> torch-bf16 on cpu' in caplog.text
+    assert 'bf16 2.0 ms' in backend.describe()['auto']
     assert backend.describe()['inductor'] is False
 
 

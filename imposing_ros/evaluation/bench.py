@@ -196,7 +196,8 @@ def scaling(config: ModelConfig, search: SearchConfig, backend: Callable[[ImPosi
     return rows
 
 
-def make_backend(model: ImPosing, args: argparse.Namespace, num_candidates: int):
+def make_backend(model: ImPosing, args: argparse.Namespace, num_candidates: int,
+                 levels: int = 6):
     """The backend ``Localizer`` takes for ``args``: a name, or a built ``torch-int8``.
 
     ``torch-int8`` is calibrated on ``--calibration`` images, loaded from ``--engine-cache``,
@@ -205,7 +206,8 @@ def make_backend(model: ImPosing, args: argparse.Namespace, num_candidates: int)
     """
     if args.backend != 'torch-int8':
         return select_backend(args.backend, model, None, args.device, num_candidates,
-                              cache_dir=args.engine_cache, inductor=args.inductor)
+                              cache_dir=args.engine_cache, inductor=args.inductor,
+                              levels=levels)
     from imposing_ros.runtime.int8 import calibration_images, Int8Backend
 
     if args.inductor == 'off':
@@ -320,7 +322,8 @@ def run(args: argparse.Namespace) -> int:
 
         initial = torch.from_numpy(np.asarray(open_dataset(args.level0).poses)).float()
     localizer = Localizer(model, None, config, args.device,
-                          make_backend(model, args, search.num_candidates), initial)
+                          make_backend(model, args, search.num_candidates, search.levels),
+                          initial)
     stages = benchmark(localizer, args.frames, args.warmup, args.mode)
     floor = hardware_floor(localizer)
     frame = stages['frame']['median']

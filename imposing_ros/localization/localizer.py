@@ -4,7 +4,8 @@ Global mode runs the paper's search from the map's initial candidates, whose cod
 computed once at load (they do not depend on the image). Tracking mode seeds the level-0
 candidates from a prior pose and covariance (e.g. the motion filter's prediction) and runs
 fewer levels. The networks run on an inference backend (:mod:`imposing_ros.runtime.backends`:
-``auto`` = TensorRT on CUDA, bf16 on a CPU with native bf16, else fp32).
+``auto`` = TensorRT on CUDA; on a CPU int8 where its programs are cached, else fp32 or bf16,
+whichever is faster here by measurement).
 """
 
 from __future__ import annotations
@@ -141,7 +142,8 @@ class Localizer:
             self.backend = backend
         else:
             self.backend = select_backend(backend, model.eval(), self.scene, self.device, n,
-                                          cache_dir=engine_cache, inductor=inductor)
+                                          cache_dir=engine_cache, inductor=inductor,
+                                          levels=self.config.search.levels)
         if initial_poses is None:
             initial_poses = model.maps[self.scene].initial_poses
             if len(initial_poses) != n:

@@ -547,6 +547,8 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
         status = localization_status(
             self.get_name(), values, window, outcome, bool(self._active_subscriptions),
             {'backend': backend, 'device': self._device,
+             'backend choice': (self._localizer.backend.choice if self._localizer else None)
+             or 'as set',
              'image conversion': IMAGE_BACKEND or 'none', 'model': s.model_path})
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()

@@ -63,6 +63,9 @@ BACKENDS = ('auto', 'torch', 'torch-bf16', 'torch-fp16', 'torch-int8', 'tensorrt
 DEFAULT_BACKEND = 'auto'
 INDUCTOR_CHOICES = ('auto', 'on', 'off')
 DEFAULT_INDUCTOR = 'auto'
+# What ``auto`` resolves to on a CPU before the model is known: one of CPU_AUTO_BACKENDS, timed.
+CPU_AUTO = 'torch-bf16 or torch, timed at load'
+CPU_AUTO_BACKENDS = ('torch-bf16', 'torch')
 
 
 def cpu_has_native_bf16() -> bool:
@@ -167,6 +170,8 @@ class Backend:
     name = 'base'
     # Whether encode_images / encode_poses may be captured in a CUDA graph.
     graph_safe = False
+    # Why ``auto`` chose this backend (set by select_backend), or None.
+    choice: str | None = None
 
     def __init__(self, model: ImPosing, scene: str | None, device: torch.device):
         self.scene = model.default_scene(scene)
@@ -193,7 +198,10 @@ class Backend:
 
     def describe(self) -> dict:
         """Plain description for logs and benchmark reports."""
-        return {'backend': self.name, 'device': str(self.device)}
+        out = {'backend': self.name, 'device': str(self.device)}
+        if self.choice:
+            out['auto'] = self.choice
+        return out
 
 
 class TorchBackend(Backend):
@@ -244,9 +252,9 @@ class TorchBackend(Backend):
         return self._pose(poses.contiguous())
 
     def describe(self) -> dict:
-        """Backend, device, precision, inductor and threads."""
-        return {'backend': self.name, 'device': str(self.device), 'precision': self.precision,
-                'inductor': self.inductor, 'threads': torch.get_num_threads()}
+        """Backend, device, precision, inductor and threads (and why ``auto`` chose it)."""
+        return {**super().describe(), 'precision': self.precision, 'inductor': self.inductor,
+                'threads': torch.get_num_threads()}
 
 
 def encode_in_chunks(program, poses: torch.Tensor, n: int) -> torch.Tensor:
@@ -307,7 +315,10 @@ def tensorrt_available() -> bool:
 
 
 def resolve_backend_name(name: str, device: str | torch.device) -> str:
-    """The concrete backend ``auto`` stands for on ``device`` (other names are checked only)."""
+    """The concrete backend ``auto`` stands for on ``device`` (other names are checked only).
+
+    On a CPU that is :data:`CPU_AUTO` until a model is timed (:func:`select_backend`).
+    """
     if name not in BACKENDS:
         raise ValueError(f'backend must be one of {BACKENDS}, got {name!r}')
     device = torch.device(device)
@@ -319,19 +330,23 @@ def resolve_backend_name(name: str, device: str | torch.device) -> str:
         return name
     if device.type == 'cuda':
         return 'tensorrt' if tensorrt_available() else 'torch-fp16'
-    return 'torch-bf16' if cpu_has_native_bf16() else 'torch'
+    return CPU_AUTO
 
 
 def select_backend(name: str, model: ImPosing, scene: str | None = None,
                    device: str | torch.device = 'cpu', num_candidates: int = 4096,
-                   cache_dir: str | None = None, inductor: str = 'auto') -> Backend:
+                   cache_dir: str | None = None, inductor: str = 'auto',
+                   levels: int = 6) -> Backend:
     """Build the backend ``name`` (one of :data:`BACKENDS`) for ``model`` on ``device``.
 
     ``num_candidates`` fixes the pose engine's batch for TensorRT; ``cache_dir`` holds the
     compiled programs of ``tensorrt`` and ``torch-int8``. ``inductor`` ('auto', 'on', 'off')
     compiles the torch backends with inductor; 'auto' = on a CPU with a C++ compiler
     (``torch-int8`` always runs through it). ``auto`` logs what it chose, and falls back to
-    ``torch-fp16`` with a warning where TensorRT fails; an explicit ``tensorrt`` raises.
+    ``torch-fp16`` with a warning where TensorRT fails; an explicit ``tensorrt`` raises. On a
+    CPU ``auto`` is ``torch-int8`` where int8 programs of the model are cached, else fp32 or
+    bf16 as timed on this CPU (:mod:`imposing_ros.runtime.choice`; ``levels`` pose passes per
+    frame); the reason is kept in ``backend.choice``.
     """
     if inductor not in INDUCTOR_CHOICES:
         raise ValueError(f'inductor must be one of {INDUCTOR_CHOICES}, got {inductor!r}')
@@ -341,19 +356,28 @@ def select_backend(name: str, model: ImPosing, scene: str | None = None,
         use_inductor = cpu and compiler_available()
     else:
         use_inductor = inductor == 'on'
+    choice = None
     if name == 'auto':
-        reason = ('CUDA' if not cpu else
-                  'CPU with native bf16' if resolved == 'torch-bf16' else 'CPU without bf16')
+        reason = 'CUDA'
         int8 = _cached_int8_programs(model, scene, cache_dir, num_candidates) if (
             cpu and use_inductor) else None
         if int8 is not None:
             # Made on purpose by `imposing-ros export --format int8`: the fastest CPU path.
             resolved, reason = 'torch-int8', 'int8 programs of this model in the cache folder'
+        elif cpu:
+            from imposing_ros.runtime.choice import choose_cpu_precision
+
+            choice = choose_cpu_precision(model, model.default_scene(scene), num_candidates,
+                                          levels)
+            resolved = 'torch-bf16' if choice.precision == 'bf16' else 'torch'
+            reason = choice.summary()
         LOGGER.info('backend auto -> %s on %s (%s)', resolved, torch.device(device), reason)
         if int8 is not None:
             from imposing_ros.runtime.int8 import Int8Backend
 
-            return Int8Backend(model, scene, device, programs=int8)
+            backend = Int8Backend(model, scene, device, programs=int8)
+            backend.choice = reason
+            return backend
     if resolved == 'tensorrt':
         from imposing_ros.runtime.tensorrt import TensorRTBackend
 
@@ -376,7 +400,10 @@ def select_backend(name: str, model: ImPosing, scene: str | None = None,
         return Int8Backend(model, scene, device, cache_dir=cache_dir,
                            num_candidates=num_candidates)
     precision = {'torch': 'fp32', 'torch-bf16': 'bf16', 'torch-fp16': 'fp16'}[resolved]
-    return TorchBackend(model, scene, device, precision, inductor=use_inductor)
+    backend = TorchBackend(model, scene, device, precision, inductor=use_inductor)
+    if name == 'auto':
+        backend.choice = reason
+    return backend
 
 
 def _cached_int8_programs(model: ImPosing, scene: str | None, cache_dir: str | None,

@@ -1,0 +1,136 @@
+"""``auto`` on a CPU: the precision chosen by timing it here, not by a CPU flag.
+
+oneDNN reports bf16 as supported on AVX-512 CPUs that only emulate it (about 3x slower than
+fp32 there), while CPUs with AVX512_BF16 or AMX run it faster than fp32: only a measurement
+tells. :func:`choose_cpu_precision` times the eager fp32 and bf16 encoders on the real model (one
+image and ``levels`` pose batches of ``num_candidates``, a few times, bounded to a few seconds),
+keeps bf16 only if it is at least :data:`MIN_GAIN` faster and its codes agree with fp32, and
+caches the answer by CPU, model architecture, search size and library versions, so the next
+start is instant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+import platform
+import time
+
+import torch
+
+LOGGER = logging.getLogger('imposing_ros.runtime')
+
+CACHE_FILE = Path.home() / '.cache' / 'imposing_ros' / 'auto_backend.json'
+# bf16 must beat fp32 by this factor to be chosen (timing noise on a shared machine).
+MIN_GAIN = 1.1
+# Mean cosine between bf16 and fp32 codes under which bf16 is refused.
+MIN_AGREEMENT = 0.99
+# Timed repetitions per precision after one warm-up, and the time budget of one precision (s).
+REPEATS = 3
+BUDGET_S = 4.0
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What ``auto`` chose on this CPU, why, and whether it was measured now or cached."""
+
+    precision: str
+    milliseconds: dict
+    agreement: float | None
+    source: str  # 'measured' or 'cache'
+
+    def summary(self) -> str:
+        """One line for logs and /diagnostics."""
+        times = ', '.join(f'{p} {ms:.1f} ms' for p, ms in self.milliseconds.items())
+        agree = f', bf16 codes agree {self.agreement:.4f}' if self.agreement is not None else ''
+        return f'{self.precision} ({self.source}: {times}{agree})'
+
+
+def cpu_signature() -> str:
+    """CPU model name and instruction-set flags (what decides which precision is fast)."""
+    model, flags = platform.processor(), ''
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name') and not model.strip():
+                model = line.split(':', 1)[1].strip()
+            elif line.startswith('model name'):
+                model = line.split(':', 1)[1].strip()
+            elif line.startswith('flags'):
+                flags = line.split(':', 1)[1].strip()
+                break
+    except OSError:  # not Linux: the processor string and torch's capability must do
+        flags = torch.backends.cpu.get_cpu_capability()
+    return f'{model}|{hashlib.sha1(flags.encode()).hexdigest()[:12]}|{os.cpu_count()}'
+
+
+def _key(model, num_candidates: int, levels: int) -> str:
+    parts = [cpu_signature(), json.dumps(asdict(model.config), sort_keys=True, default=str),
+             str(num_candidates), str(levels), torch.__version__, str(torch.get_num_threads())]
+    return hashlib.sha1('|'.join(parts).encode()).hexdigest()
+
+
+def _time_backend(backend, image: torch.Tensor, poses: torch.Tensor, levels: int) -> tuple:
+    """(median ms of one image + ``levels`` pose passes, the pose codes of the last pass)."""
+    times, deadline = [], time.perf_counter() + BUDGET_S
+    codes = None
+    for i in range(REPEATS + 1):
+        start = time.perf_counter()
+        backend.encode_images(image)
+        for _ in range(levels):
+            codes = backend.encode_poses(poses)
+        if i:  # the first pass warms up
+            times.append(1e3 * (time.perf_counter() - start))
+        if time.perf_counter() > deadline and times:
+            break
+    return sorted(times)[len(times) // 2], codes
+
+
+def choose_cpu_precision(model, scene: str, num_candidates: int, levels: int = 6,
+                         cache_file: Path | None = CACHE_FILE) -> Choice:
+    """fp32 or bf16 for ``model`` on this CPU, measured or from the cache (module docstring)."""
+    from imposing_ros.runtime.backends import cpu_has_native_bf16, TorchBackend
+
+    key = _key(model, num_candidates, levels)
+    cache = {}
+    if cache_file is not None and cache_file.is_file():
+        try:
+            cache = json.loads(cache_file.read_text())
+        except (OSError, ValueError):
+            cache = {}
+    if key in cache:
+        entry = cache[key]
+        return Choice(entry['precision'], entry['milliseconds'], entry.get('agreement'), 'cache')
+    if not cpu_has_native_bf16():  # oneDNN has no bf16 kernels at all here
+        return Choice('fp32', {}, None, 'no bf16 kernels')
+    generator = torch.Generator().manual_seed(0)
+    height, width = model.config.image_size
+    image = torch.rand((1, 3, height, width), generator=generator)
+    reference = model.maps[scene].initial_poses
+    pick = torch.randint(len(reference), (num_candidates,), generator=generator)
+    poses = reference[pick][None]
+    milliseconds, codes = {}, {}
+    for precision in ('fp32', 'bf16'):
+        backend = TorchBackend(model, scene, 'cpu', precision, inductor=False)
+        milliseconds[precision], codes[precision] = _time_backend(backend, image, poses, levels)
+    agreement = float(torch.nn.functional.cosine_similarity(
+        codes['bf16'].float(), codes['fp32'].float(), dim=-1).mean())
+    fast = milliseconds['bf16'] * MIN_GAIN <= milliseconds['fp32']
+    precision = 'bf16' if fast and agreement >= MIN_AGREEMENT else 'fp32'
+    choice = Choice(precision, {k: round(v, 2) for k, v in milliseconds.items()},
+                    round(agreement, 5), 'measured')
+    if cache_file is not None:
+        cache[key] = {'precision': choice.precision, 'milliseconds': choice.milliseconds,
+                      'agreement': choice.agreement, 'cpu': cpu_signature(),
+                      'torch': torch.__version__}
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_file.with_suffix(f'.{os.getpid()}.tmp')
+            tmp.write_text(json.dumps(cache, indent=1))
+            os.replace(tmp, cache_file)
+        except OSError as exc:  # a read-only home: measure again next time
+            LOGGER.warning('cannot cache the backend choice in %s: %s', cache_file, exc)
+    return choice
