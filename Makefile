@@ -47,6 +47,8 @@ demo: setup
 TRAIN_TRAVERSALS := t1_sunny_summer t2_overcast_autumn t3_dusk_summer t4_foggy_spring t5_snowy_winter
 HELDOUT := data/helsinki/t6_heldout_winter_morning
 CALIBRATION := data/helsinki/t7_calibration_overcast_autumn
+TRAIN_SPECS = $(foreach t,$(TRAIN_TRAVERSALS),--train helsinki=data/helsinki/$(t)) \
+  --val helsinki=$(HELDOUT)
 timed = start=$$(date +%s); $(1); rc=$$?; echo "[$(2): $$(( $$(date +%s) - start )) s]"; exit $$rc
 
 demo-data: setup
@@ -55,14 +57,16 @@ demo-data: setup
 
 demo-model: demo-data
 	@$(call timed,$(VENV)/bin/imposing-ros train --config config/train_helsinki.yaml \
-	  --out runs/helsinki $(foreach t,$(TRAIN_TRAVERSALS),--train helsinki=data/helsinki/$(t)) \
-	  --val helsinki=$(HELDOUT),train)
-	@$(call timed,$(VENV)/bin/imposing-ros export --model runs/helsinki/last.pt \
+	  --stop-after 5 --out runs/helsinki $(TRAIN_SPECS),train stage 1)
+	@$(call timed,$(VENV)/bin/imposing-ros train --config config/train_helsinki_fine.yaml \
+	  --init-from runs/helsinki/last.pt --out runs/helsinki_fine --cache runs/helsinki/cache \
+	  $(TRAIN_SPECS),train stage 2)
+	@$(call timed,$(VENV)/bin/imposing-ros export --model runs/helsinki_fine/last.pt \
 	  --format checkpoint-fp16 --out models/helsinki_demo.pt,export)
 	@$(call timed,$(VENV)/bin/imposing-ros calibrate --model models/helsinki_demo.pt \
 	  --data $(CALIBRATION),calibrate)
 	@$(call timed,$(VENV)/bin/imposing-ros evaluate --model models/helsinki_demo.pt \
-	  --data $(HELDOUT) --backend torch --json runs/helsinki/heldout.json,evaluate)
+	  --data $(HELDOUT) --backend torch --json runs/helsinki_fine/heldout.json,evaluate)
 
 bench: setup
 	$(VENV)/bin/imposing-ros bench --json runs/bench.json

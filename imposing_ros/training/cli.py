@@ -81,6 +81,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--backbone-weights', help='local torchvision weights to initialise from')
     parser.add_argument('--device', help='cpu or cuda (default: cuda if available)')
     parser.add_argument('--no-resume', action='store_true', help='ignore an existing last.pt')
+    parser.add_argument('--init-from', metavar='CKPT',
+                        help='start a new run from the weights and maps of CKPT (same model '
+                             'config): a second training stage with other settings')
+    parser.add_argument('--stop-after', type=int, metavar='N',
+                        help='stop once N epochs of the configured schedule are done (resume '
+                             'later with the same command without it)')
     parser.add_argument('--cache', help='image cache directory (default: OUT/cache)')
     parser.add_argument('--stride', type=int, default=1,
                         help='train on every STRIDE-th frame (consecutive frames are a few '
@@ -119,7 +125,10 @@ def run(args: argparse.Namespace) -> int:
                                   np.asarray(train_cache.poses))
         LOGGER.info('scene %s: %d training, %d validation frames', scene, len(train_cache),
                     len(val_cache) if val_cache else 0)
+    if args.stop_after is not None and args.stop_after < 1:
+        raise ValueError(f'--stop-after must be >= 1, got {args.stop_after}')
     result = train(scenes, out, model_cfg, train_cfg, search_cfg, resume=not args.no_resume,
-                 backbone_weights=args.backbone_weights, device=args.device)
+                   backbone_weights=args.backbone_weights, device=args.device,
+                   init_from=args.init_from, stop_after=args.stop_after)
     print(f'checkpoint: {result.checkpoint}')
     return 0

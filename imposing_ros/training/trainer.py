@@ -241,13 +241,17 @@ class TrainResult(NamedTuple):
 def train(scenes: dict[str, SceneData], out: str | Path, model_config: ModelConfig,
           train_config: TrainConfig, search_config: SearchConfig | None = None,
           resume: bool = True, backbone_weights: str | None = None,
-          device: str | None = None) -> TrainResult:
+          device: str | None = None, init_from: str | Path | None = None,
+          stop_after: int | None = None) -> TrainResult:
     """Train a (multi-scene) model (see :class:`TrainResult`).
 
     ``out`` is a directory: ``last.pt`` (with the optimizer state, to resume) is written every
     ``checkpoint_every`` epochs and ``best.pt`` (weights only) at the best validation median
-    error. An existing ``last.pt`` is resumed when
-    ``resume`` is set (its configs must match).
+    error. An existing ``last.pt`` is resumed when ``resume`` is set (its configs must match).
+    ``init_from``: a checkpoint of the same architecture whose weights and maps a new run
+    starts from (a second stage with other training settings; fresh optimizer and schedule).
+    ``stop_after``: stop once this many epochs of the configured schedule are done (the run
+    resumes later where it stopped).
     """
     rank, world = _distributed()
     cfg = train_config
@@ -273,6 +277,13 @@ def train(scenes: dict[str, SceneData], out: str | Path, model_config: ModelConf
         start_epoch, history = int(data['epoch']), list(data.get('history', []))
         optimizer_state = data.get('optimizer')
         LOGGER.info('resuming %s at epoch %d', last, start_epoch)
+    elif init_from is not None:
+        model, data = load_model(init_from, device)
+        if config_to_dict(model.config) != config_to_dict(model_config):
+            raise ValueError(f"{init_from}: its model config differs from this run's")
+        history = [dict(h, stage=str(init_from)) for h in data.get('history', [])]
+        optimizer_state = None
+        LOGGER.info('starting from the weights of %s', init_from)
     else:
         maps = {name: build_scene_map(s.reference_poses, search_config.num_candidates,
                                       cfg.seed) for name, s in scenes.items()}
@@ -317,7 +328,8 @@ def train(scenes: dict[str, SceneData], out: str | Path, model_config: ModelConf
     generator = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank)
     best = min((h['val_median_m'] for h in history if 'val_median_m' in h), default=math.inf)
 
-    for epoch in range(start_epoch, cfg.epochs):
+    end_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)
+    for epoch in range(start_epoch, end_epoch):
         model.train()
         for loader in loaders.values():
             if isinstance(loader.sampler, DistributedSampler):
