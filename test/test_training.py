@@ -213,3 +213,24 @@ def test_small_dataset_recipe_localizes(tmp_path):
     chance = summarize(*pose_errors(ref[torch.randint(len(ref), (len(truth),))], truth))
     assert (out.score > 0).all()
     assert trained['median_m'] < chance['median_m'] / 4, (trained, chance)
+
+
+def test_stages_stop_after_and_init_from(road_data, tmp_path):
+    road, train_cache, _ = road_data
+    scenes = {'road': SceneData(CachedPosedImages(train_cache, np.arange(32)), None,
+                                road.reference_poses())}
+    first = train(scenes, tmp_path / 'one', MODEL,
+                  train_config(3, val_every=0, lr_schedule='cosine'), SEARCH,
+                  resume=False, stop_after=1)
+    assert [h['epoch'] for h in first.history] == [1]  # 1 epoch of a 3-epoch schedule
+    assert first.history[0]['lr'] > 0.5 * 1e-3  # the schedule of 3 epochs, not of 1
+    second = train(scenes, tmp_path / 'two', MODEL, train_config(1, val_every=0, lambda_t=15.0),
+                   SEARCH, resume=False, init_from=first.checkpoint)
+    assert [h.get('stage') for h in second.history] == [str(first.checkpoint), None]
+    assert np.allclose(second.model.maps['road'].initial_poses,
+                       first.model.maps['road'].initial_poses)
+    other = ModelConfig(backbone='resnet18', dim=32, image_size=(32, 64), pose_layers=2,
+                        pose_width=128)
+    with pytest.raises(ValueError, match='model config differs'):
+        train(scenes, tmp_path / 'three', other, train_config(1, val_every=0), SEARCH,
+              resume=False, init_from=first.checkpoint)
