@@ -72,11 +72,6 @@ def rotation_distance(q1: torch.Tensor, q2: torch.Tensor) -> torch.Tensor:
     return roma.unitquat_geodesic_distance(q1, q2)
 
 
-def translation_distance(t1: torch.Tensor, t2: torch.Tensor) -> torch.Tensor:
-    """Euclidean distance between translations ``[..., 3]``."""
-    return (t1 - t2).norm(dim=-1)
-
-
 def rpy_to_quat(rpy: torch.Tensor) -> torch.Tensor:
     """Quaternions (x, y, z, w) from ROS roll, pitch, yaw ``[..., 3]`` in radians (fixed axes)."""
     return roma.euler_to_unitquat('xyz', rpy)

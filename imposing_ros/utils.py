@@ -21,3 +21,8 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def stamp_to_ns(stamp) -> int:
+    """``builtin_interfaces/Time`` (rclpy or rosbags message) -> integer nanoseconds."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)

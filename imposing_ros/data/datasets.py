@@ -45,8 +45,6 @@ OPTIONS = {
     'robotcar': {'poses': ('pose_source', str), 'extrinsics': ('extrinsics_dir', str),
                  'models': ('models_dir', str), 'max_gap': ('max_gap_s', float)},
 }
-# Backwards-compatible name of the rosbag option table.
-ROSBAG_OPTIONS = {k: v[0] for k, v in OPTIONS['rosbag'].items()}
 
 
 def _options(kind: str, text: str, query: str, extra: dict) -> dict:

@@ -46,8 +46,6 @@ from imposing_ros.geometry import matrix_to_pose, pose_to_matrix, T_camera_optic
 
 LOGGER = logging.getLogger('imposing_ros.data')
 
-TRANSFORM_NAMES = ('transform_S_AS', 'TS_cam_imu', 'transform_w_gpsw', 'transform_gps_imu',
-                   'transform_e_gpsw')
 DROP_NO_IMAGE = 'keyframe image missing'
 DROP_BAD_POSE = 'non-finite pose'
 

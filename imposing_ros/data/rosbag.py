@@ -42,22 +42,18 @@ import numpy as np
 from imposing_ros.data.frames import Frame
 from imposing_ros.data.images import ImageConversionError, message_to_rgb
 from imposing_ros.geometry import matrix_to_pose, pose_to_matrix, T_camera_optical
+from imposing_ros.utils import stamp_to_ns
 
 LOGGER = logging.getLogger('imposing_ros.data')
 
 IMAGE_TYPES = ('sensor_msgs/msg/CompressedImage', 'sensor_msgs/msg/Image')
 POSE_TYPES = ('geometry_msgs/msg/PoseStamped', 'geometry_msgs/msg/PoseWithCovarianceStamped',
               'nav_msgs/msg/Odometry')
-TF_TYPE = 'tf2_msgs/msg/TFMessage'
 TF_STATIC_TOPIC = '/tf_static'
 # Preferred pose topics when none is named: a ground truth first.
 POSE_TOPIC_HINTS = ('/ground_truth/pose', '/ground_truth', '/gt/pose', '/gt')
 DROP_NO_POSE = 'no pose within max_gap_s'
 DROP_UNREADABLE = 'undecodable message'
-
-
-def _stamp_ns(header) -> int:
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
 
 
 def _pose_of(msg, msgtype: str) -> np.ndarray:
@@ -382,7 +378,7 @@ class RosbagReader:
                     for tf in reader.deserialize(raw, conn.msgtype).transforms:
                         child = _frame(tf.child_frame_id)
                         entry = samples.setdefault(child, (_frame(tf.header.frame_id), [], []))
-                        entry[1].append(_stamp_ns(tf.header))
+                        entry[1].append(stamp_to_ns(tf.header.stamp))
                         entry[2].append(_transform_pose(tf))
             edges = dict(self._read_static())
             for child, (parent, stamps, poses) in samples.items():
@@ -398,7 +394,7 @@ class RosbagReader:
             with self._open() as reader:
                 for conn, raw in self._messages(reader, self.pose_topic):
                     msg = reader.deserialize(raw, conn.msgtype)
-                    stamps.append(_stamp_ns(msg.header))
+                    stamps.append(stamp_to_ns(msg.header.stamp))
                     poses.append(_pose_of(msg, conn.msgtype))
                     child = getattr(msg, 'child_frame_id', None) or child
             track = PoseTrack.build(stamps, poses, where)
@@ -448,7 +444,7 @@ class RosbagReader:
                         stamp, frame_id = header_from_cdr(raw)
                     except ValueError:
                         msg = reader.deserialize(raw, conn.msgtype)
-                        stamp, frame_id = _stamp_ns(msg.header), msg.header.frame_id
+                        stamp, frame_id = stamp_to_ns(msg.header.stamp), msg.header.frame_id
                     stamps.append(stamp)
                     frame = frame if frame is not None else frame_id
             self._image_stamps = (np.asarray(stamps, dtype=np.int64), frame or '')
@@ -480,7 +476,7 @@ class RosbagReader:
                     LOGGER.warning('%s: cannot deserialize a message: %s', where, exc)
                     self.summary.drop(DROP_UNREADABLE)
                     continue
-                stamp = _stamp_ns(msg.header)
+                stamp = stamp_to_ns(msg.header.stamp)
                 pose, valid = self.interpolate([stamp])
                 if not valid[0]:
                     self.summary.drop(DROP_NO_POSE)

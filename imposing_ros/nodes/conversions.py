@@ -13,11 +13,7 @@ from nav_msgs.msg import Odometry
 import numpy as np
 
 from imposing_ros.geometry import matrix_to_pose, pose_to_matrix
-
-
-def stamp_to_ns(stamp) -> int:
-    """``builtin_interfaces/Time`` -> integer nanoseconds."""
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+from imposing_ros.utils import stamp_to_ns  # noqa: F401 (the nodes' one import of it)
 
 
 def ns_to_stamp(ns: int) -> TimeMsg:
@@ -66,12 +62,6 @@ def odometry_to_arrays(msg: Odometry) -> tuple[int, np.ndarray, np.ndarray, np.n
                       t.angular.x, t.angular.y, t.angular.z], dtype=float)
     return (stamp_to_ns(msg.header.stamp), pose_msg_to_array(msg.pose.pose),
             covariance_to_array(msg.pose.covariance), twist)
-
-
-def pose_msg_to_matrix(pose: Pose) -> np.ndarray:
-    """4x4 transform of a ``geometry_msgs/Pose`` (quaternion normalised by the caller)."""
-    p, q = pose.position, pose.orientation
-    return pose_to_matrix([p.x, p.y, p.z, q.x, q.y, q.z, q.w])
 
 
 def matrix_to_pose_msg(matrix: np.ndarray) -> Pose:

@@ -37,7 +37,7 @@ import yaml
 from imposing_ros.evaluation import metrics
 from imposing_ros.geometry import matrix_to_pose, pose_to_matrix
 from imposing_ros.nodes import node_set
-from imposing_ros.utils import atomic_write_text
+from imposing_ros.utils import atomic_write_text, stamp_to_ns
 
 LOGGER = logging.getLogger('imposing_ros.demo')
 
@@ -80,10 +80,6 @@ def _transform_matrix(transform) -> np.ndarray:
     return pose_to_matrix([t.x, t.y, t.z, q.x, q.y, q.z, q.w])
 
 
-def _stamp_ns(stamp) -> int:
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
 class BagInfo:
     """What the demo needs from a bag: image topic and frame, extrinsic, ground truth."""
 
@@ -120,7 +116,7 @@ class BagInfo:
                 else:  # PoseStamped, PoseWithCovarianceStamped or Odometry, duck-typed
                     pose = msg.pose.pose if hasattr(msg.pose, 'pose') else msg.pose
                     p, q = pose.position, pose.orientation
-                    self.truth_ns.append(_stamp_ns(msg.header.stamp))
+                    self.truth_ns.append(stamp_to_ns(msg.header.stamp))
                     self.truth.append(pose_to_matrix([p.x, p.y, p.z, q.x, q.y, q.z, q.w]))
         order = np.argsort(self.truth_ns)
         self.truth_ns = [self.truth_ns[i] for i in order]
@@ -224,7 +220,7 @@ class Session:
         def on_pose(msg):
             p, q = msg.pose.pose.position, msg.pose.pose.orientation
             with self.lock:
-                self.poses.append((time.monotonic(), _stamp_ns(msg.header.stamp),
+                self.poses.append((time.monotonic(), stamp_to_ns(msg.header.stamp),
                                    pose_to_matrix([p.x, p.y, p.z, q.x, q.y, q.z, q.w])))
 
         def on_diagnostics(msg):
@@ -309,7 +305,7 @@ class Session:
                     clock_pub.publish(clock)
                     last_clock = timestamp
                 if is_image:
-                    stamp = _stamp_ns(reader.deserialize(raw, conn.msgtype).header.stamp)
+                    stamp = stamp_to_ns(reader.deserialize(raw, conn.msgtype).header.stamp)
                     with self.lock:
                         self.sent[stamp] = time.monotonic()
                     images += 1

@@ -29,14 +29,11 @@ Backends (``select_backend`` names):
     TensorRT on CUDA when torch-tensorrt imports and its engines build or load (a failure is
     logged with its reason and torch fp16 is used instead), else torch fp16 on CUDA; on a CPU
     ``torch-int8`` when the cache folder holds int8 programs of this model (someone exported
-    them: the fastest CPU path measured), else torch bf16 where oneDNN runs bf16 natively
-    (AVX-512 BF16 or AMX), else torch fp32. The choice is logged.
+    them on purpose), else fp32 or bf16, whichever is faster on this CPU by measurement
+    (:mod:`imposing_ros.runtime.choice`). The choice and its reason are logged.
 
 CPU runtimes (OpenVINO, ONNX Runtime) are not included: the project admits one only if it beats
-torch bf16 by 1.3x end to end. Measured on the project's CPU (``imposing-ros bench --openvino``,
-2 threads, bf16): OpenVINO 12.0 ms for the ResNet34 against 17-18 ms for torch with inductor,
-but 7.3 ms for the pose encoder on 4096 candidates against 5.3-5.7 ms; a frame runs the pose
-encoder five times, so OpenVINO would not be faster (figures in the README).
+torch by 1.3x end to end, and OpenVINO did not (docs/backends.md).
 """
 
 from __future__ import annotations
@@ -230,8 +227,8 @@ class TorchBackend(Backend):
             # Inductor with frozen weights: the ResNet's convolutions run on prepacked oneDNN
             # weights with their ReLUs and additions fused, the pose encoder's Fourier features
             # become one C++ loop, and the search's proposer and score (about a hundred tiny
-            # eager ops per level) one loop each. Measured here, ResNet34 bf16: 15.3 ms best
-            # compiled vs 20.2 ms eager. Built on first use (seconds; inductor caches on disk).
+            # eager ops per level) one loop each (docs/backends.md has the figures). Built on
+            # first use (seconds; inductor caches on disk).
             frozen = {'freezing': True}
             self._image = torch.compile(self.image_net, dynamic=False, options=frozen)
             self._pose = torch.compile(self.pose_net, dynamic=False, options=frozen)
