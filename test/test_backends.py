@@ -10,8 +10,9 @@ from imposing_ros.evaluation.bench import random_model
 from imposing_ros.localization.localizer import Localizer, LocalizerConfig
 from imposing_ros.localization.search import SearchConfig
 from imposing_ros.model.encoders import ModelConfig
-from imposing_ros.runtime import backends
-from imposing_ros.runtime.backends import resolve_backend_name, select_backend, TorchBackend
+from imposing_ros.runtime import backends, select
+from imposing_ros.runtime.backends import TorchBackend
+from imposing_ros.runtime.select import resolve_backend_name, select_backend
 from imposing_ros.runtime.tensorrt import import_torch_tensorrt
 
 TINY = ModelConfig(backbone='resnet18', dim=32, image_size=(48, 80), pose_layers=3,
@@ -75,7 +76,7 @@ def test_inductor_backend_gives_the_eager_results(model):
 def test_auto_on_a_cpu_chooses_by_measurement(monkeypatch, model, caplog, tmp_path):
     from imposing_ros.runtime import choice as choice_module
 
-    assert resolve_backend_name('auto', 'cpu') == backends.CPU_AUTO
+    assert resolve_backend_name('auto', 'cpu') == select.CPU_AUTO
     measured = {}
 
     def fake_timing(backend, image, poses, levels):  # (ms, codes) as _time_backend gives
@@ -197,7 +198,7 @@ def test_cuda_graph_search_gives_the_eager_result(model):
 def test_preprocess_gives_one_layout_for_any_input_size():
     # A compiled image encoder is rebuilt (about a second) for a new memory layout: an image
     # that needs no resizing must come out laid out like a resized one.
-    from imposing_ros.localization.localizer import preprocess
+    from imposing_ros.model.preprocess import preprocess
 
     exact = preprocess(np.zeros((48, 80, 3), np.uint8), (48, 80))
     resized = preprocess(np.zeros((120, 160, 3), np.uint8), (48, 80))
@@ -316,7 +317,7 @@ def test_auto_falls_back_to_torch_fp16_when_tensorrt_fails(monkeypatch, model, c
             built.append((torch.device(device), precision))
             self.name = 'torch-' + precision
 
-    monkeypatch.setattr(backends, 'tensorrt_available', lambda: True)
+    monkeypatch.setattr(select, 'tensorrt_available', lambda: True)
     monkeypatch.setattr(tensorrt, 'TensorRTBackend', FailingTensorRT)
     monkeypatch.setattr(backends, 'TorchBackend', RecordingTorchBackend)
     assert resolve_backend_name('auto', 'cuda:1') == 'tensorrt'

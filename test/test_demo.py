@@ -26,7 +26,7 @@ from imposing_ros.geometry import (  # noqa: E402
     T_camera_optical,
 )
 from imposing_ros.nodes.demo import BagInfo, demo_parameters, summarize  # noqa: E402
-from imposing_ros.runtime.backends import CPU_AUTO_BACKENDS  # noqa: E402
+from imposing_ros.runtime.select import CPU_AUTO_BACKENDS  # noqa: E402
 
 FRAMES = 30
 START_NS = 1_000 * 1_000_000_000

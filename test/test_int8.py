@@ -13,13 +13,9 @@ from imposing_ros.localization.localizer import Localizer, LocalizerConfig
 from imposing_ros.localization.search import level_sigmas, SearchConfig
 from imposing_ros.model.checkpoint import load_model
 from imposing_ros.model.encoders import ModelConfig
-from imposing_ros.runtime.backends import (
-    compiler_available,
-    resolve_backend_name,
-    select_backend,
-    TorchBackend,
-)
+from imposing_ros.runtime.backends import compiler_available, TorchBackend
 from imposing_ros.runtime.int8 import calibration_poses, Int8Backend, Int8Programs
+from imposing_ros.runtime.select import resolve_backend_name, select_backend
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not compiler_available(), reason='inductor needs a C++ compiler')]

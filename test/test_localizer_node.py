@@ -43,7 +43,7 @@ from imposing_ros.geometry import (  # noqa: E402
     extrinsic_matrix,
     pose_to_matrix,
 )
-from imposing_ros.runtime.backends import CPU_AUTO_BACKENDS  # noqa: E402
+from imposing_ros.runtime.select import CPU_AUTO_BACKENDS  # noqa: E402
 
 NODE = 'imposing_localizer'
 IMAGE_TOPIC = '/camera/image_raw'

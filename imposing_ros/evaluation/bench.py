@@ -40,8 +40,8 @@ from imposing_ros.localization.search import SearchConfig
 from imposing_ros.model.checkpoint import load_model, save_checkpoint
 from imposing_ros.model.encoders import ModelConfig
 from imposing_ros.model.imposing import ImPosing
-from imposing_ros.runtime.backends import add_backend_arguments, select_backend
 from imposing_ros.runtime.int8 import DEFAULT_CALIBRATION_FRAMES
+from imposing_ros.runtime.select import add_backend_arguments, select_backend
 from imposing_ros.training.trainer import build_scene_map
 from imposing_ros.utils import atomic_write_text
 

@@ -25,11 +25,7 @@ from imposing_ros.evaluation.metrics import (
     summarize,
 )
 from imposing_ros.localization.localizer import Localizer, LocalizerConfig
-from imposing_ros.runtime.backends import (
-    add_backend_arguments,
-    DEFAULT_BACKEND,
-    DEFAULT_INDUCTOR,
-)
+from imposing_ros.runtime.select import add_backend_arguments, DEFAULT_BACKEND, DEFAULT_INDUCTOR
 from imposing_ros.utils import atomic_write_text
 
 LOGGER = logging.getLogger('imposing_ros.evaluation')

@@ -18,11 +18,7 @@ from tqdm import tqdm
 
 from imposing_ros.data.plain import load_rgb
 from imposing_ros.localization.localizer import Localizer
-from imposing_ros.runtime.backends import (
-    add_backend_arguments,
-    DEFAULT_BACKEND,
-    DEFAULT_INDUCTOR,
-)
+from imposing_ros.runtime.select import add_backend_arguments, DEFAULT_BACKEND, DEFAULT_INDUCTOR
 from imposing_ros.utils import atomic_write_text
 
 LOGGER = logging.getLogger('imposing_ros.localization')

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from imposing_ros.localization.localizer import LocalizerConfig
 from imposing_ros.nodes import params
-from imposing_ros.runtime.backends import (
+from imposing_ros.runtime.select import (
     BACKENDS,
     DEFAULT_BACKEND,
     DEFAULT_INDUCTOR,

@@ -22,6 +22,8 @@ import time
 
 import torch
 
+from imposing_ros.runtime import backends
+
 LOGGER = logging.getLogger('imposing_ros.runtime')
 
 CACHE_FILE = Path.home() / '.cache' / 'imposing_ros' / 'auto_backend.json'
@@ -92,8 +94,6 @@ def _time_backend(backend, image: torch.Tensor, poses: torch.Tensor, levels: int
 def choose_cpu_precision(model, scene: str, num_candidates: int, levels: int = 6,
                          cache_file: Path | None = CACHE_FILE) -> Choice:
     """fp32 or bf16 for ``model`` on this CPU, measured or from the cache (module docstring)."""
-    from imposing_ros.runtime.backends import cpu_has_native_bf16, TorchBackend
-
     key = _key(model, num_candidates, levels)
     cache = {}
     if cache_file is not None and cache_file.is_file():
@@ -104,7 +104,7 @@ def choose_cpu_precision(model, scene: str, num_candidates: int, levels: int = 6
     if key in cache:
         entry = cache[key]
         return Choice(entry['precision'], entry['milliseconds'], entry.get('agreement'), 'cache')
-    if not cpu_has_native_bf16():  # oneDNN has no bf16 kernels at all here
+    if not backends.cpu_has_native_bf16():  # oneDNN has no bf16 kernels at all here
         return Choice('fp32', {}, None, 'no bf16 kernels')
     generator = torch.Generator().manual_seed(0)
     height, width = model.config.image_size
@@ -114,7 +114,7 @@ def choose_cpu_precision(model, scene: str, num_candidates: int, levels: int = 6
     poses = reference[pick][None]
     milliseconds, codes = {}, {}
     for precision in ('fp32', 'bf16'):
-        backend = TorchBackend(model, scene, 'cpu', precision, inductor=False)
+        backend = backends.TorchBackend(model, scene, 'cpu', precision, inductor=False)
         milliseconds[precision], codes[precision] = _time_backend(backend, image, poses, levels)
     agreement = float(torch.nn.functional.cosine_similarity(
         codes['bf16'].float(), codes['fp32'].float(), dim=-1).mean())

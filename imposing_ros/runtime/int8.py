@@ -44,6 +44,7 @@ import torch
 from imposing_ros.geometry import perturb_poses
 from imposing_ros.localization.search import level_sigmas, SearchConfig
 from imposing_ros.model.imposing import ImPosing
+from imposing_ros.model.preprocess import preprocess
 from imposing_ros.runtime.backends import (
     Backend,
     compiled_search_steps,
@@ -147,7 +148,6 @@ def calibration_poses(initial_poses: torch.Tensor, search: SearchConfig,
 def calibration_images(spec: str | Path, count: int, size: tuple[int, int]) -> list[torch.Tensor]:
     """``count`` images ``[1, 3, h, w]`` of the dataset ``spec``, evenly spaced along it."""
     from imposing_ros.data.datasets import open_dataset
-    from imposing_ros.localization.localizer import preprocess
 
     if count < 1:
         raise ValueError(f'calibration needs at least one image, got {count}')
