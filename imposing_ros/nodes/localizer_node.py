@@ -7,7 +7,7 @@ A thin adapter around :class:`imposing_ros.localization.localizer.Localizer` (no
   ``on_activate`` subscribes; ``on_deactivate`` unsubscribes; ``on_cleanup`` frees the model.
 * No subscription has QoS event handlers, not even rclpy's ``/clock`` one under ``use_sim_time``
   (:mod:`imposing_ros.nodes.events`: with them the executor spins and starves inference).
-* Images arrive with sensor-data QoS (depth 1) in the input callback group, which only keeps the
+* Images arrive (best effort or reliable, depth 1) in the input callback group, which only keeps the
   newest message in a one-slot mailbox (an overwritten frame counts as skipped) and wakes the
   inference callback group through a guard condition. Inference therefore always works on the
   newest frame and never queues, whatever the camera rate.
@@ -31,12 +31,11 @@ import threading
 import time
 
 from diagnostic_msgs.msg import DiagnosticArray
-from geometry_msgs.msg import PoseWithCovarianceStamped, Quaternion, Vector3
+from geometry_msgs.msg import PoseWithCovarianceStamped
 import numpy as np
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
-from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.logging import get_logger
@@ -56,11 +55,8 @@ from imposing_ros.data.images import BACKEND as IMAGE_BACKEND
 from imposing_ros.data.images import ImageConversionError, message_to_rgb
 from imposing_ros.geometry import (
     compose_covariance,
-    extrinsic_matrix,
     matrix_to_pose,
     pose_to_matrix,
-    quat_xyzw_to_matrix,
-    T_camera_optical,
 )
 from imposing_ros.nodes import params
 from imposing_ros.nodes.conversions import check_pose_with_covariance, matrix_to_pose_msg
@@ -70,20 +66,19 @@ from imposing_ros.nodes.localizer_outputs import (
     localization_status,
     Stats,
 )
-from imposing_ros.nodes.localizer_params import cross_check, LIVE, PARAMETERS, Settings
+from imposing_ros.nodes.localizer_params import (
+    cross_check,
+    LIVE,
+    localizer_config,
+    PARAMETERS,
+    Settings,
+)
 from imposing_ros.nodes.node_set import default_model
-
-try:  # tf2_ros exists on a ROS install only (ENVIRONMENT.md); without it there is no /tf.
-    from geometry_msgs.msg import TransformStamped
-    import tf2_ros
-except ImportError:  # pragma: no cover - depends on the installation
-    tf2_ros = None
+from imposing_ros.nodes.tf_io import TfIO
 
 NODE_NAME = 'imposing_localizer'
 DEVICES = ('auto', 'cpu', 'cuda')
 TRANSPORTS = ('raw', 'compressed')
-# How long the inference thread waits for odom->base_link at an image stamp.
-TF_LOOKUP_TIMEOUT_S = 0.1
 # Diagnostics published on a rejected or failed frame come at most this often.
 EVENT_DIAGNOSTICS_MIN_PERIOD_S = 0.2
 
@@ -103,13 +98,8 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
         self._settings: Settings | None = None
         self._stats = Stats()
         self._entities = []  # (destroy function, entity) of configure-time entities
-        # Not ``_subscriptions``: that is rclpy Node's own list, which the executor waits on.
-        # Reassigning it (as this node once did) dropped rclpy's /clock subscription under
-        # use_sim_time: /clock was never taken (the node's sim time stayed 0) while its QoS event
-        # handlers, still waited on, saw unread data (demo: 1,700-3,400 executor wake-ups/s,
-        # 270-1,350/s once /clock was taken again; imposing_ros.nodes.events). It also made
-        # ``_unsubscribe`` skip every other subscription (destroy_subscription removed from the
-        # list being iterated).
+        # Not ``_subscriptions``: that is rclpy Node's own list (its /clock subscription
+        # included), which the executor waits on.
         self._active_subscriptions = []
         self._reset_state()
 
@@ -125,14 +115,10 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
         settings = Settings(self._read_values())
         try:
             self._localizer, device = self._load(settings)
-            self._extrinsic = None
-            if not settings.camera_extrinsic_from_tf:
-                self._extrinsic = extrinsic_matrix(settings.camera_extrinsic_xyz,
-                                                   settings.camera_extrinsic_rpy,
-                                                   settings.camera_extrinsic_optical)
+            self._tf = TfIO(self, settings)
         except Exception as exc:  # one clear error; the node stays unconfigured
             self.get_logger().error(f'configure failed: {exc}')
-            self._localizer = None
+            self._localizer = self._tf = None
             return TransitionCallbackReturn.FAILURE
         self._settings, self._device = settings, device
         self._stats = Stats()
@@ -162,14 +148,6 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
             (self.destroy_guard_condition, self._wake),
             (self.destroy_timer, self._diag_timer),
         ]
-        self._tf_buffer = self._tf_listener = self._tf_broadcaster = None
-        if tf2_ros is not None and (settings.publish_tf or settings.camera_extrinsic_from_tf):
-            self._tf_buffer = tf2_ros.Buffer()
-            self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, self)
-            if settings.publish_tf:
-                self._tf_broadcaster = tf2_ros.TransformBroadcaster(self)
-        elif settings.publish_tf:
-            self.get_logger().info('tf2_ros is not installed: map->odom is not published')
         self.get_logger().info(
             f'configured: model {settings.model_path or default_model()} on {device} '
             f'(backend {self._localizer.backend_name}), '
@@ -181,13 +159,9 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
         """(Localizer, device) or an exception with a clear message."""
         import torch
 
-        from imposing_ros.localization.localizer import Localizer, LocalizerConfig
-        from imposing_ros.localization.search import SearchConfig
+        from imposing_ros.localization.localizer import Localizer
 
         model_path = settings.model_path or str(default_model())
-        if settings.camera_extrinsic_from_tf and tf2_ros is None:
-            raise ValueError('camera_extrinsic.from_tf needs tf2_ros, which is not installed; '
-                             'set camera_extrinsic.xyz/rpy instead')
         # Values from parameter files were declared before the set-callback existed: check them.
         reason = params.check_values(settings.values, PARAMETERS, cross_check)
         if reason:
@@ -197,15 +171,7 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
             device = 'cuda' if torch.cuda.is_available() else 'cpu'
         if device.startswith('cuda') and not torch.cuda.is_available():
             raise ValueError(f'device {device} requested but CUDA is not available')
-        config = LocalizerConfig(
-            search=SearchConfig(num_candidates=settings.search_num_candidates,
-                                levels=settings.search_levels, top_k=settings.search_top_k,
-                                num_average=settings.search_num_average,
-                                sigma=tuple(settings.search_sigma),
-                                converge_m=settings.search_converge_m,
-                                converge_deg=settings.search_converge_deg),
-            tracking_levels=settings.tracking_levels,
-            tracking_min_sigma=tuple(settings.tracking_min_sigma), seed=settings.seed)
+        config = localizer_config(settings)
         localizer = Localizer.from_checkpoint(model_path, settings.scene or None, config, device,
                                               settings.backend, settings.inductor,
                                               settings.engine_cache or None)
@@ -277,7 +243,7 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
         for destroy, entity in self._entities:
             destroy(entity)
         self._entities = []
-        self._tf_listener = self._tf_buffer = self._tf_broadcaster = None
+        self._tf = None
         with self._lock:
             self._settings = None
         try:
@@ -425,7 +391,7 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
         except ImageConversionError as exc:
             self._reject('bad image', str(exc))
             return
-        extrinsic = self._camera_extrinsic(s)
+        extrinsic = self._tf.camera_extrinsic(s)
         if extrinsic is None:
             self._reject('no extrinsic', f'no transform {s.base_frame} -> {s.camera_frame} yet')
             return
@@ -451,7 +417,7 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
             out.pose.pose = matrix_to_pose_msg(t_map_base)
             out.pose.covariance = covariance.reshape(-1).tolist()
             self._pose_pub.publish(out)
-            self._publish_tf(t_map_base, stamp, s)
+            self._tf.publish_map_odom(t_map_base, stamp, s)
         processing_ms = 1e3 * (time.perf_counter() - started)
         age_ms = (self.get_clock().now().nanoseconds - stamp.nanoseconds) * 1e-6
         with self._lock:
@@ -489,45 +455,6 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
         t_map_camera = t_map_base @ extrinsic
         cov_camera = compose_covariance(covariance, t_map_base[:3, 3], t_map_camera[:3, 3])
         return matrix_to_pose(t_map_camera), cov_camera
-
-    def _camera_extrinsic(self, s: Settings):
-        """``T_base_camera`` (body frame), from the parameters or once from TF."""
-        if self._extrinsic is None and self._tf_buffer is not None:
-            try:
-                tf = self._tf_buffer.lookup_transform(s.base_frame, s.camera_frame, Time(),
-                                                      Duration(seconds=TF_LOOKUP_TIMEOUT_S))
-            except Exception:  # tf2 raises several lookup exception types
-                return None
-            tr, rot = tf.transform.translation, tf.transform.rotation
-            matrix = np.eye(4)
-            matrix[:3, :3] = quat_xyzw_to_matrix([rot.x, rot.y, rot.z, rot.w])
-            matrix[:3, 3] = [tr.x, tr.y, tr.z]
-            if s.camera_extrinsic_optical:
-                matrix = matrix @ np.linalg.inv(T_camera_optical())
-            self._extrinsic = matrix
-        return self._extrinsic
-
-    def _publish_tf(self, t_map_base: np.ndarray, stamp: Time, s: Settings):
-        """map->odom = T_map_base @ inv(T_odom_base at the image stamp), post-dated (AMCL)."""
-        if self._tf_broadcaster is None:
-            return
-        try:
-            tf = self._tf_buffer.lookup_transform(s.odom_frame, s.base_frame, stamp,
-                                                  Duration(seconds=TF_LOOKUP_TIMEOUT_S))
-        except Exception as exc:  # tf2 raises several lookup exception types
-            self.get_logger().warning(f'no {s.odom_frame}->{s.base_frame} at the image stamp, '
-                                   f'map->odom not updated: {exc}', throttle_duration_sec=5.0)
-            return
-        tr, rot = tf.transform.translation, tf.transform.rotation
-        t_odom_base = pose_to_matrix([tr.x, tr.y, tr.z, rot.x, rot.y, rot.z, rot.w])
-        t_map_odom = matrix_to_pose(t_map_base @ np.linalg.inv(t_odom_base))
-        out = TransformStamped()
-        out.header.stamp = (stamp + Duration(seconds=s.transform_tolerance)).to_msg()
-        out.header.frame_id, out.child_frame_id = s.map_frame, s.odom_frame
-        out.transform.translation = Vector3(x=t_map_odom[0], y=t_map_odom[1], z=t_map_odom[2])
-        out.transform.rotation = Quaternion(x=t_map_odom[3], y=t_map_odom[4], z=t_map_odom[5],
-                                            w=t_map_odom[6])
-        self._tf_broadcaster.sendTransform(out)
 
     # --- diagnostics --------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ test keeps it in step.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from imposing_ros.localization.localizer import LocalizerConfig
 from imposing_ros.nodes import params
@@ -155,3 +155,14 @@ def cross_check(values: dict) -> str | None:
         return (f"search.num_average ({values['search_num_average']}) must be <= "
                 f'search.num_candidates ({n})')
     return None
+
+
+def localizer_config(s: Settings) -> LocalizerConfig:
+    """The library's settings from the node's parameter values."""
+    return LocalizerConfig(
+        search=replace(_SEARCH, num_candidates=s.search_num_candidates, levels=s.search_levels,
+                       top_k=s.search_top_k, num_average=s.search_num_average,
+                       sigma=tuple(s.search_sigma), converge_m=s.search_converge_m,
+                       converge_deg=s.search_converge_deg),
+        tracking_levels=s.tracking_levels, tracking_min_sigma=tuple(s.tracking_min_sigma),
+        seed=s.seed)
