@@ -7,8 +7,8 @@ A thin adapter around :class:`imposing_ros.localization.localizer.Localizer` (no
   ``on_activate`` subscribes; ``on_deactivate`` unsubscribes; ``on_cleanup`` frees the model.
 * No subscription has QoS event handlers, not even rclpy's ``/clock`` one under ``use_sim_time``
   (:mod:`imposing_ros.nodes.events`: with them the executor spins and starves inference).
-* Images arrive (best effort or reliable, depth 1) in the input callback group, which only keeps the
-  newest message in a one-slot mailbox (an overwritten frame counts as skipped) and wakes the
+* Images arrive (best effort or reliable, depth 1) in the input callback group, which keeps
+  only the newest message in a one-slot mailbox (an overwritten frame counts as skipped) and wakes the
   inference callback group through a guard condition. Inference therefore always works on the
   newest frame and never queues, whatever the camera rate.
 * The method localizes the camera *body* frame (``T_map_camera``); ``~/pose`` carries base_link
