@@ -8,9 +8,9 @@ A thin adapter around :class:`imposing_ros.localization.localizer.Localizer` (no
 * No subscription has QoS event handlers, not even rclpy's ``/clock`` one under ``use_sim_time``
   (:mod:`imposing_ros.nodes.events`: with them the executor spins and starves inference).
 * Images arrive (best effort or reliable, depth 1) in the input callback group, which keeps
-  only the newest message in a one-slot mailbox (an overwritten frame counts as skipped) and wakes the
-  inference callback group through a guard condition. Inference therefore always works on the
-  newest frame and never queues, whatever the camera rate.
+  only the newest message in a one-slot mailbox (an overwritten frame counts as skipped) and
+  wakes the inference callback group through a guard condition. Inference therefore always
+  works on the newest frame and never queues, whatever the camera rate.
 * The method localizes the camera *body* frame (``T_map_camera``); ``~/pose`` carries base_link
   in the map frame, like AMCL: ``T_map_base = T_map_camera @ T_camera_base`` with the camera
   extrinsic ``T_base_camera`` (parameters, or TF ``base_frame -> camera_frame``).
