@@ -328,6 +328,21 @@ def _filter_file(folder):
     return path
 
 
+def test_run_stops_cleanly_after_its_duration(tmp_path):
+    import subprocess
+
+    from test_localizer_node import build_tiny_checkpoint
+
+    model, _ = build_tiny_checkpoint(tmp_path / 'tiny.pt')
+    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST', ROS_DOMAIN_ID='84',
+               OMP_NUM_THREADS='1')
+    proc = subprocess.run(
+        [sys.executable, '-m', 'imposing_ros.cli', 'run', '--model', str(model), '--duration',
+         '2'], capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert 'never retrieved' not in proc.stderr + proc.stdout
+
+
 def test_runner_passes_every_parameter_file(tmp_path):
     from imposing_ros.nodes.runner import ros_arguments
 

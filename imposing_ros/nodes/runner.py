@@ -124,8 +124,13 @@ def run(args: argparse.Namespace) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        executor.shutdown()
+        # Callbacks already handed to the executor's thread pool by the last spin_once still
+        # trigger its guard condition; shutting down under them makes rclpy print "exception
+        # was never retrieved". Give them a moment, then wait for the rest.
+        time.sleep(0.3)
+        executor.shutdown(timeout_sec=10.0)
         for node in nodes:
+            executor.remove_node(node)
             node.destroy_node()
         rclpy.try_shutdown(context=context)
     return 0

@@ -92,8 +92,14 @@ def _time_backend(backend, image: torch.Tensor, poses: torch.Tensor, levels: int
 
 
 def choose_cpu_precision(model, scene: str, num_candidates: int, levels: int = 6,
-                         cache_file: Path | None = CACHE_FILE) -> Choice:
-    """fp32 or bf16 for ``model`` on this CPU, measured or from the cache (module docstring)."""
+                         cache_file: Path | None | bool = True) -> Choice:
+    """fp32 or bf16 for ``model`` on this CPU, measured or from the cache (module docstring).
+
+    ``cache_file``: True for :data:`CACHE_FILE`, a path, or None / False for no cache.
+    """
+    if cache_file is True:
+        cache_file = CACHE_FILE
+    cache_file = cache_file or None
     key = _key(model, num_candidates, levels)
     cache = {}
     if cache_file is not None and cache_file.is_file():
