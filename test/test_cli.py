@@ -38,7 +38,8 @@ def test_train_evaluate_localize(folders, capsys):
     assert (out / 'best.pt').stat().st_size < 0.5 * (out / 'last.pt').stat().st_size
     assert cli.main(['evaluate', '--model', str(out / 'last.pt'), '--data', str(test),
                      '--candidates', '256', '--levels', '3', '--json', str(root / 'e.json'),
-                     '--csv', str(root / 'e.csv')]) == 0
+                     '--csv', str(root / 'e.csv'), '--plot', str(root / 'e.png')]) == 0
+    assert (root / 'e.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     summary = json.loads((root / 'e.json').read_text())
     assert summary['frames'] == 6 and summary['failed'] == 0
     assert {'median_m', 'recall_0.5m_2deg', 'recall_5m_10deg', 'low_score', 'xy_in_95_ellipse',

@@ -104,6 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_backend_arguments(parser)
     parser.add_argument('--json', help='write the summary here')
     parser.add_argument('--csv', help='write per-frame estimates here')
+    parser.add_argument('--plot', help='write a map of the estimates coloured by error (PNG/SVG)')
 
 
 def run(args: argparse.Namespace) -> int:
@@ -129,4 +130,11 @@ def run(args: argparse.Namespace) -> int:
         lines += [f'{t},{src},' + ','.join(f'{v:.6f}' for v in (*e, s, *g))
                   for t, src, e, s, g in zip(stamps, sources, est, scores, gt)]
         atomic_write_text(args.csv, '\n'.join(lines) + '\n')
+    if args.plot:
+        from imposing_ros.evaluation.plots import trajectory_figure
+
+        errors, _ = pose_errors(torch.from_numpy(est), torch.from_numpy(gt))
+        trajectory_figure(est, gt, errors.numpy(), args.plot,
+                          f"{Path(args.data).name}: median {summary['median_m']:.2f} m, "
+                          f"{100 * summary['recall_5m_10deg']:.0f} % within 5 m / 10 deg")
     return 0
