@@ -66,7 +66,8 @@ demo-model: demo-data
 	@$(call timed,$(VENV)/bin/imposing-ros calibrate --model models/helsinki_demo.pt \
 	  --data $(CALIBRATION),calibrate)
 	@$(call timed,$(VENV)/bin/imposing-ros evaluate --model models/helsinki_demo.pt \
-	  --data $(HELDOUT) --backend torch --json runs/helsinki_fine/heldout.json,evaluate)
+	  --data $(HELDOUT) --backend torch --json runs/helsinki_fine/heldout.json \
+	  --csv runs/helsinki_fine/heldout.csv --plot runs/helsinki_fine/heldout.png,evaluate)
 
 bench: setup
 	$(VENV)/bin/imposing-ros bench --json runs/bench.json
