@@ -49,6 +49,7 @@ from imposing_ros.runtime.backends import (
     Backend,
     compiled_search_steps,
     compiler_available,
+    encode_in_chunks,
     PreparedImageEncoder,
     PreparedPoseEncoder,
 )
@@ -298,21 +299,10 @@ class Int8Backend(Backend):
         """Poses in metres ``[..., 7]`` -> float32 codes ``[..., d]``."""
         if poses.shape[-1] != 7:
             raise ValueError(f'poses must be [..., 7], got {tuple(poses.shape)}')
-        # The program takes N poses (static shapes): any count runs in chunks of N, the last one
-        # padded with copies of its first pose.
-        flat = poses.reshape(-1, 7).float()
-        n = self.num_candidates
-        if len(flat) == n:  # the search's case: no copy
-            codes = self._pose(flat.contiguous())
-        else:
-            chunks = []
-            for start in range(0, len(flat), n):
-                chunk = flat[start:start + n]
-                if len(chunk) < n:
-                    chunk = torch.cat([chunk, chunk[:1].expand(n - len(chunk), 7)])
-                chunks.append(self._pose(chunk.contiguous()))
-            codes = torch.cat(chunks)[:len(flat)]
-        return codes.reshape(*poses.shape[:-1], codes.shape[-1])
+        # The program takes N poses (static shapes): any count runs in chunks of N.
+        return encode_in_chunks(lambda chunk: self._pose(chunk.contiguous()),
+                                poses.reshape(-1, 7).float(),
+                                self.num_candidates).reshape(*poses.shape[:-1], -1)
 
     def describe(self) -> dict:
         """Backend, device, precision, threads and the programs used."""
