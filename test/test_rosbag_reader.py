@@ -14,13 +14,8 @@ from rosbags.typesys import get_types_from_msg, get_typestore, Stores
 from scipy.spatial.transform import Rotation, Slerp
 
 from imposing_ros.data.datasets import open_dataset
-from imposing_ros.data.rosbag import (
-    header_from_cdr,
-    PoseTrack,
-    read_poses,
-    RosbagReader,
-    slerp,
-)
+from imposing_ros.data.pose_track import PoseTrack, slerp
+from imposing_ros.data.rosbag import header_from_cdr, read_poses, RosbagReader
 from imposing_ros.geometry import pose_to_matrix, T_camera_optical
 
 STORE = get_typestore(Stores.ROS2_KILTED)

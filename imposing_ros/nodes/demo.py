@@ -17,7 +17,6 @@ If the bag is missing it is simulated (deterministic) with ``imposing-ros sim``.
 from __future__ import annotations
 
 import argparse
-import bisect
 import importlib
 import json
 import logging
@@ -34,6 +33,7 @@ import time
 import numpy as np
 import yaml
 
+from imposing_ros.data.pose_track import PoseTrack
 from imposing_ros.evaluation import metrics
 from imposing_ros.geometry import matrix_to_pose, pose_to_matrix
 from imposing_ros.nodes import node_set
@@ -98,7 +98,7 @@ class BagInfo:
             self.image_frame = None
             self.images = 0
             tree = {}  # child -> (parent, T_parent_child)
-            self.truth_ns, self.truth = [], []
+            truth_ns, truth = [], []
             wanted = [topics[self.image_topic], topics[GROUND_TRUTH_TOPIC]]
             if TF_STATIC_TOPIC in topics:
                 wanted.append(topics[TF_STATIC_TOPIC])
@@ -116,11 +116,10 @@ class BagInfo:
                 else:  # PoseStamped, PoseWithCovarianceStamped or Odometry, duck-typed
                     pose = msg.pose.pose if hasattr(msg.pose, 'pose') else msg.pose
                     p, q = pose.position, pose.orientation
-                    self.truth_ns.append(stamp_to_ns(msg.header.stamp))
-                    self.truth.append(pose_to_matrix([p.x, p.y, p.z, q.x, q.y, q.z, q.w]))
-        order = np.argsort(self.truth_ns)
-        self.truth_ns = [self.truth_ns[i] for i in order]
-        self.truth = [self.truth[i] for i in order]
+                    truth_ns.append(stamp_to_ns(msg.header.stamp))
+                    truth.append([p.x, p.y, p.z, q.x, q.y, q.z, q.w])
+        # Interpolated as the readers do (linear position, slerp rotation).
+        self.truth = PoseTrack.build(truth_ns, truth, f'{path}:{GROUND_TRUTH_TOPIC}')
         self.extrinsic = self._chain(tree, base_frame, self.image_frame)
 
     @staticmethod
@@ -138,20 +137,9 @@ class BagInfo:
         return None
 
     def truth_at(self, stamp_ns: int, tolerance_ns: int = 100_000_000) -> np.ndarray | None:
-        """Ground truth at a stamp: linear in position, nearest in rotation; None if too far."""
-        i = bisect.bisect_left(self.truth_ns, stamp_ns)
-        if i < len(self.truth_ns) and self.truth_ns[i] == stamp_ns:
-            return self.truth[i]
-        if i == 0 or i == len(self.truth_ns):
-            j = min(i, len(self.truth_ns) - 1)
-            return self.truth[j] if abs(self.truth_ns[j] - stamp_ns) <= tolerance_ns else None
-        t0, t1 = self.truth_ns[i - 1], self.truth_ns[i]
-        if t1 - t0 > 2 * tolerance_ns:
-            return None
-        w = (stamp_ns - t0) / (t1 - t0)
-        out = (self.truth[i - 1] if w < 0.5 else self.truth[i]).copy()
-        out[:3, 3] = (1 - w) * self.truth[i - 1][:3, 3] + w * self.truth[i][:3, 3]
-        return out
+        """``T_map_base`` at a stamp between samples at most ``tolerance_ns`` away, or None."""
+        pose, valid = self.truth.at(np.array([stamp_ns]), tolerance_ns)
+        return pose_to_matrix(pose[0]) if valid[0] else None
 
 
 def rpy_of_matrix(rotation: np.ndarray) -> list[float]:
