@@ -304,7 +304,8 @@ class Session:
         """Stop spinning, destroy the node, shut the context down."""
         import rclpy
 
-        self.executor.shutdown()
+        self.executor.shutdown(timeout_sec=5.0)
+        self.thread.join(timeout=5.0)  # the spin loop has returned: nothing runs any more
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
 
