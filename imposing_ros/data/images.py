@@ -4,9 +4,9 @@ The one image decoder of the package: the localizer node (live messages) and the
 (recorded ones, so ``evaluate`` and training) both use it, so a recorded image gives the node and
 the tools the same pixels. Messages are duck-typed: rclpy messages and ``rosbags`` ones both work.
 
-The conversion goes through ROS 2's ``cv_bridge`` where it imports (a ROS install), otherwise
-through ``rosbags.image`` (PyPI, needs OpenCV). The PyPI package ``cv-bridge`` is an old ROS 1
-port that fails on ROS 2 messages; a probe conversion at import recognises it and skips it.
+The conversion goes through ``rosbags.image`` (PyPI, with OpenCV), on a ROS install too: no ROS
+import here (the method library knows no ROS), and one decoder everywhere. (The PyPI package
+``cv-bridge`` is an old ROS 1 port that fails on ROS 2 messages.)
 
 Every message is checked before a backend sees it (size, step, data length, encoding), so a
 malformed image raises :class:`ImageConversionError` with a reason instead of crashing a
@@ -35,21 +35,7 @@ class ImageConversionError(ValueError):
 
 
 def _load_backend():
-    """(name, raw converter, compressed converter) of the first backend that imports."""
-    try:
-        from cv_bridge import CvBridge  # ROS 2 install
-        from sensor_msgs.msg import Image
-
-        bridge = CvBridge()
-        # The ROS 1 port on PyPI imports but fails on ROS 2 messages: try it on a tiny image.
-        probe = Image(height=2, width=3, encoding='bgr8', step=9, data=bytes(range(18)))
-        if bridge.imgmsg_to_cv2(probe, desired_encoding='rgb8')[1, 2, 0] != 17:
-            raise ValueError('cv_bridge converted a probe image wrongly')
-        return ('cv_bridge',
-                lambda msg: bridge.imgmsg_to_cv2(msg, desired_encoding='rgb8'),
-                lambda msg: bridge.compressed_imgmsg_to_cv2(msg, desired_encoding='rgb8'))
-    except Exception:  # any failure of an optional import means 'not usable'
-        pass
+    """(name, raw converter, compressed converter), or Nones without rosbags.image."""
     try:
         from rosbags.image import compressed_image_to_cvimage, image_to_cvimage
     except ImportError:
@@ -110,7 +96,7 @@ def image_to_rgb(msg) -> np.ndarray:
     """``sensor_msgs/Image`` -> ``[H, W, 3]`` uint8 RGB (raises ImageConversionError)."""
     check_raw(msg)
     if _RAW is None:
-        raise ImageConversionError('no image conversion backend: install ROS 2 cv_bridge or '
+        raise ImageConversionError("no image conversion backend: install "
                                    "'rosbags-image[opencv-headless]'")
     channels, dtype = RAW_ENCODINGS[msg.encoding]
     row = msg.width * channels * np.dtype(dtype).itemsize
@@ -136,7 +122,7 @@ def compressed_to_rgb(msg) -> np.ndarray:
     if len(msg.data) == 0:
         raise ImageConversionError('empty compressed image')
     if _COMPRESSED is None:
-        raise ImageConversionError('no image conversion backend: install ROS 2 cv_bridge or '
+        raise ImageConversionError("no image conversion backend: install "
                                    "'rosbags-image[opencv-headless]'")
     try:
         decoded = _COMPRESSED(msg)
@@ -148,8 +134,8 @@ def compressed_to_rgb(msg) -> np.ndarray:
     if decoded is None or np.asarray(decoded).size == 0:
         raise ImageConversionError(f'cannot decode {msg.format} image of {len(msg.data)} '
                                    'bytes: corrupt or truncated data')
-    # rosbags returns OpenCV's BGR order for colour images; cv_bridge was asked for rgb8.
-    return _to_rgb(decoded, bgr=BACKEND == 'rosbags.image' and np.asarray(decoded).ndim == 3)
+    # rosbags.image returns OpenCV's BGR order for colour images.
+    return _to_rgb(decoded, bgr=np.asarray(decoded).ndim == 3)
 
 
 def message_to_rgb(msg) -> np.ndarray:
