@@ -25,7 +25,7 @@ def trajectory_figure(estimates: np.ndarray, truth: np.ndarray, errors_m: np.nda
     estimates, truth = np.asarray(estimates, float), np.asarray(truth, float)
     errors = np.asarray(errors_m, float)
     ok = np.isfinite(estimates).all(axis=1)
-    fig, ax = plt.subplots(figsize=(7, 6), dpi=110)
+    fig, ax = plt.subplots(figsize=(6, 7), dpi=100)
     ax.plot(truth[:, 0], truth[:, 1], color='0.75', lw=1.0, zorder=1, label='true trajectory')
     points = ax.scatter(estimates[ok, 0], estimates[ok, 1], c=np.minimum(errors[ok], max_error_m),
                         cmap='viridis_r', s=4, vmin=0, vmax=max_error_m, zorder=2,
@@ -37,7 +37,7 @@ def trajectory_figure(estimates: np.ndarray, truth: np.ndarray, errors_m: np.nda
     ax.set_aspect('equal')
     ax.set_xlabel('x east (m)')
     ax.set_ylabel('y north (m)')
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9)
     ax.legend(loc='best', fontsize=8, markerscale=2)
     fig.tight_layout()
     out = Path(out)
