@@ -165,7 +165,7 @@ def test_collapse_is_detected_and_the_default_loss_recovers(road_data, tmp_path,
     assert [h['positive_share'] for h in stuck.history] == [0.0, 0.0]
     assert 'training has collapsed' in caplog.text
     head = stuck.model.image_encoder.heads['road']
-    assert float(head.weight.abs().max()) == 0.0 and float(head.bias[0]) == 1.0
+    assert float(head.weight.detach().abs().max()) == 0.0 and float(head.bias[0].detach()) == 1.0
 
     ours = train_config(2, val_every=0)
     assert ours.loss_on_cosine  # the default
