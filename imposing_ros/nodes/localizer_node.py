@@ -59,11 +59,13 @@ from imposing_ros.geometry import (
     pose_to_matrix,
 )
 from imposing_ros.nodes import params
-from imposing_ros.nodes.conversions import check_pose_with_covariance, matrix_to_pose_msg
+from imposing_ros.nodes.conversions import check_pose_with_covariance
 from imposing_ros.nodes.events import QuietSubscriptions
+from imposing_ros.nodes.frame_gate import FrameGate
 from imposing_ros.nodes.localizer_outputs import (
     candidate_markers,
     localization_status,
+    pose_message,
     Stats,
 )
 from imposing_ros.nodes.localizer_params import (
@@ -261,8 +263,7 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
         self._force_global = False
         self._initial_pose = None  # (T_map_base, covariance) used once
         self._prior = None  # (Time, T_map_base, covariance) from the filter
-        self._last_stamp = None
-        self._last_clock = None
+        self._gate = FrameGate()  # stamps of the frames taken
         self._last_start = 0.0
         self._last_event_diag = 0.0
 
@@ -366,25 +367,15 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
     def _process(self, msg, s: Settings):
         started = time.perf_counter()
         stamp = Time.from_msg(msg.header.stamp)
-        now = self.get_clock().now()
-        # Integer nanoseconds throughout: rclpy refuses a negative Time (sim time starts at 0).
-        if self._last_clock is not None and \
-                now.nanoseconds < self._last_clock.nanoseconds - 1_000_000_000:
+        now_ns = self.get_clock().now().nanoseconds
+        if self._gate.clock_jumped_back(now_ns):
             self.get_logger().warning('clock jumped back: priors and stamps forgotten')
             with self._lock:
                 self._reset_state()
-        self._last_clock = now
-        age = (now.nanoseconds - stamp.nanoseconds) * 1e-9
-        if s.max_image_age > 0 and now.nanoseconds > 0 and age > s.max_image_age:
-            self._reject('stale', f'image is {age:.2f} s old (max_image_age {s.max_image_age})')
-            return
-        if now.nanoseconds > 0 and -age > s.max_image_future:
-            self._reject('future', f'image stamped {-age:.2f} s after the node clock '
-                                   f'(max_image_future {s.max_image_future})')
-            return
-        if self._last_stamp is not None and stamp <= self._last_stamp:
-            self._reject('out of order', f'stamp {stamp.nanoseconds * 1e-9:.3f} s is not after '
-                         f'the last processed {self._last_stamp.nanoseconds * 1e-9:.3f} s')
+        refusal = self._gate.refusal(stamp.nanoseconds, now_ns, s.max_image_age,
+                                     s.max_image_future)
+        if refusal:
+            self._reject(*refusal)
             return
         try:
             rgb = message_to_rgb(msg)
@@ -399,7 +390,7 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
         result = self._localizer.localize(rgb, prior_pose, prior_cov)
         if not (np.isfinite(result.pose).all() and np.isfinite(result.covariance).all()):
             raise ValueError('the localizer returned a non-finite pose or covariance')
-        self._last_stamp = stamp
+        self._gate.processed(stamp.nanoseconds)
 
         # camera body -> base_link, covariance through the lever arm (module docstring).
         t_map_camera = pose_to_matrix(result.pose)
@@ -411,12 +402,8 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
         self._score_pub.publish(Float32(data=float(result.score)))
         self._marker_pub.publish(candidate_markers(result, extrinsic, t_map_base, header_stamp, s))
         if good:
-            out = PoseWithCovarianceStamped()
-            out.header.stamp = header_stamp
-            out.header.frame_id = s.map_frame
-            out.pose.pose = matrix_to_pose_msg(t_map_base)
-            out.pose.covariance = covariance.reshape(-1).tolist()
-            self._pose_pub.publish(out)
+            self._pose_pub.publish(pose_message(t_map_base, covariance, header_stamp,
+                                                s.map_frame))
             self._tf.publish_map_odom(t_map_base, stamp, s)
         processing_ms = 1e3 * (time.perf_counter() - started)
         age_ms = (self.get_clock().now().nanoseconds - stamp.nanoseconds) * 1e-6

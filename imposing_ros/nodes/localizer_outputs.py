@@ -6,7 +6,7 @@ from collections import deque
 
 from builtin_interfaces.msg import Time as TimeMsg
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
-from geometry_msgs.msg import Vector3
+from geometry_msgs.msg import PoseWithCovarianceStamped, Vector3
 import numpy as np
 from std_msgs.msg import ColorRGBA
 from visualization_msgs.msg import Marker, MarkerArray
@@ -130,3 +130,13 @@ def localization_status(node_name: str, values: dict, window: list, outcome: str
     status.values = [KeyValue(key=k, value=f'{v:.4g}' if isinstance(v, float) else str(v))
                      for k, v in values.items()]
     return status
+
+
+def pose_message(t_map_base: np.ndarray, covariance: np.ndarray, stamp: TimeMsg,
+                 map_frame: str) -> PoseWithCovarianceStamped:
+    """``~/pose``: base_link in the map at the image stamp, 6x6 covariance row-major."""
+    out = PoseWithCovarianceStamped()
+    out.header.stamp, out.header.frame_id = stamp, map_frame
+    out.pose.pose = matrix_to_pose_msg(t_map_base)
+    out.pose.covariance = np.asarray(covariance, float).reshape(-1).tolist()
+    return out
