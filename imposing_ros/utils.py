@@ -31,3 +31,26 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 def stamp_to_ns(stamp) -> int:
     """``builtin_interfaces/Time`` (rclpy or rosbags message) -> integer nanoseconds."""
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+# Instruction-set flags that decide which arithmetic is fast on a CPU (put beside every figure).
+SPEED_FLAGS = ('avx2', 'avx512f', 'avx512_vnni', 'avx512_bf16', 'avx512_fp16', 'amx_bf16',
+               'amx_int8', 'avx_vnni')
+
+
+def cpu_description() -> str:
+    """``'<model name>, <cores> cores, flags: avx2 avx512f ...'`` from /proc/cpuinfo."""
+    import platform
+
+    model, flags = platform.processor() or 'unknown CPU', set()
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'):
+                model = line.split(':', 1)[1].strip()
+            elif line.startswith('flags'):
+                flags = set(line.split(':', 1)[1].split())
+                break
+    except OSError:  # not Linux: the model string only
+        pass
+    present = ' '.join(f for f in SPEED_FLAGS if f in flags) or 'none of ' + ' '.join(SPEED_FLAGS)
+    return f'{model}, {os.cpu_count()} cores, flags: {present}'

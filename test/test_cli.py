@@ -182,3 +182,16 @@ def test_calibrate_fits_the_published_covariance(folders, tmp_path):
     assert np.allclose(fitted.covariance, scale * raw.covariance)
     with pytest.raises(ValueError, match='at least 10'):
         fit_scale(np.ones(5))
+
+
+def test_localize_takes_stamps_from_file_names_only():
+    from pathlib import Path
+
+    from imposing_ros.localization.cli import stamp_of_name
+
+    assert stamp_of_name(Path('1700000000123456789.png')) == '1700000000123456789'
+    assert stamp_of_name(Path('1700000000.25.jpg')) == '1700000000250000000'
+    assert stamp_of_name(Path('1700000000.png')) == '1700000000000000000'
+    # frame numbers and names are not stamps: the column stays empty, no index is invented
+    assert stamp_of_name(Path('000042.png')) == ''
+    assert stamp_of_name(Path('frame_7.png')) == ''

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -128,3 +129,18 @@ def test_checkpoint_errors_name_the_file(tmp_path):
     torch.save({'weights': 1}, tmp_path / 'foreign.pt')
     with pytest.raises(CheckpointError, match='format'):
         load_model(tmp_path / 'foreign.pt')
+
+
+def test_preprocess_crops_to_the_model_aspect_on_request():
+    from imposing_ros.model.preprocess import center_crop_box, preprocess
+
+    assert center_crop_box(1080, 1920, (68, 120)) == (0, 7, 1080, 1906)  # 1906 / 1080 ~ 120 / 68
+    assert center_crop_box(400, 100, (60, 120)) == (175, 0, 50, 100)
+    image = np.zeros((100, 400, 3), np.uint8)
+    image[:, 150:250] = 255  # a white centre band: the crop keeps only it (and black margins)
+    stretched = preprocess(image, (50, 100))
+    cropped = preprocess(image, (50, 100), crop=True)
+    assert cropped.shape == stretched.shape == (1, 3, 50, 100)
+    # The cropped window is 200 px wide around the centre: the band fills half of it.
+    assert cropped.mean().item() == pytest.approx(0.5, abs=0.02)
+    assert stretched.mean().item() == pytest.approx(0.25, abs=0.02)

@@ -17,6 +17,7 @@ with :func:`imposing_ros.geometry.optical_to_body_poses`; a folder whose poses d
 from __future__ import annotations
 
 import csv
+from decimal import Decimal, InvalidOperation
 import logging
 from pathlib import Path
 from typing import Iterator
@@ -36,7 +37,10 @@ def parse_stamp(text: str) -> int:
     """Timestamp text -> integer nanoseconds (see module docstring)."""
     if text.strip().lstrip('-').isdigit() and abs(int(text)) > 10**12:
         return int(text)
-    return int(round(float(text) * 1e9))
+    try:  # decimal arithmetic: a float loses the nanoseconds of a Unix time in seconds
+        return int((Decimal(text.strip()) * 10**9).to_integral_value())
+    except (InvalidOperation, OverflowError) as exc:
+        raise ValueError(f'not a timestamp: {text!r}') from exc
 
 
 def read_pose_csv(path: str | Path) -> list[tuple[int, str, np.ndarray]]:

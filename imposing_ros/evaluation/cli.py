@@ -1,5 +1,7 @@
 """Localize a test set with a trained model and report errors and recalls.
 
+The model may be ImPosing's or a baseline's (:mod:`imposing_ros.baselines`): one metrics path.
+
 Prints median / mean errors and recalls at (0.5 m, 2 deg), (1 m, 5 deg), (5 m, 10 deg); a frame
 the localizer fails on counts as an infinite error. ``--json`` writes the summary and
 ``--csv`` the per-frame estimates.
@@ -12,19 +14,21 @@ from dataclasses import replace
 import json
 import logging
 from pathlib import Path
+import time
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from imposing_ros.baselines.localizers import open_localizer
 from imposing_ros.evaluation.metrics import (
     covariance_calibration,
     format_summary,
     pose_errors,
     summarize,
 )
-from imposing_ros.localization.localizer import Localizer, LocalizerConfig
+from imposing_ros.localization.localizer import LocalizerConfig
 from imposing_ros.runtime.select import add_backend_arguments, DEFAULT_BACKEND, DEFAULT_INDUCTOR
 from imposing_ros.utils import atomic_write_text
 
@@ -35,7 +39,10 @@ class Evaluation(NamedTuple):
     """What :func:`evaluate` returns: the summary and per-frame arrays in frame order.
 
     ``estimates`` / ``truth [M, 7]`` T_map_camera (NaN rows: failures), ``scores [M]``,
-    ``stamps_ns [M]`` and ``sources`` (image file or bag topic@stamp) of each frame.
+    ``stamps_ns [M]`` and ``sources`` (image file or bag topic@stamp) of each frame;
+    ``covariances [M, 6, 6]`` (NaN: failures, or a method without one), ``frame_ms [M]`` wall
+    time of each ``localize`` call, ``candidates`` the result's top candidates per frame
+    (None: failures).
     """
 
     summary: dict
@@ -44,6 +51,9 @@ class Evaluation(NamedTuple):
     scores: np.ndarray
     stamps_ns: np.ndarray
     sources: list
+    covariances: np.ndarray
+    frame_ms: np.ndarray
+    candidates: list
 
 
 def evaluate(model_path: str | Path, frames, scene: str | None = None,
@@ -57,19 +67,28 @@ def evaluate(model_path: str | Path, frames, scene: str | None = None,
     summary adds the calibration of the covariances of the localized frames
     (:func:`~imposing_ros.evaluation.metrics.covariance_calibration`).
     """
-    localizer = Localizer.from_checkpoint(model_path, scene, config, device, backend, inductor,
-                                          engine_cache)
+    localizer = open_localizer(model_path, scene, config, device, backend, inductor,
+                               engine_cache)
+    return evaluate_localizer(localizer, frames, min_score)
+
+
+def evaluate_localizer(localizer, frames, min_score: float = 0.0,
+                       desc: str = 'evaluate') -> Evaluation:
+    """:func:`evaluate` with a localizer already built (ImPosing's or a baseline's)."""
     estimates, truth, scores, covariances, stamps, sources = [], [], [], [], [], []
+    frame_ms, candidates = [], []
     low_score = 0
-    for frame in tqdm(frames, desc='evaluate', unit='frame', dynamic_ncols=True):
+    for frame in tqdm(frames, desc=desc, unit='frame', dynamic_ncols=True):
         truth.append(frame.pose)
         stamps.append(frame.stamp_ns)
         sources.append(frame.source)
+        t0 = time.perf_counter()
         try:
             result = localizer.localize(frame.image)
         except (ValueError, RuntimeError) as exc:
             LOGGER.warning('%s: localization failed: %s', frame.source, exc)
             result = None
+        frame_ms.append(1e3 * (time.perf_counter() - t0))
         if result is not None and (result.score <= 0 or result.score < min_score):
             low_score += 1
             scores.append(result.score)
@@ -80,14 +99,17 @@ def evaluate(model_path: str | Path, frames, scene: str | None = None,
             scores.append(0.0)
         estimates.append(np.full(7, np.nan) if result is None else result.pose)
         covariances.append(np.full((6, 6), np.nan) if result is None else result.covariance)
+        candidates.append(None if result is None else result.candidates)
     if not truth:
         raise ValueError('the test set yielded no frames')
     est, gt = np.stack(estimates), np.stack(truth)
     et, er = pose_errors(torch.from_numpy(est), torch.from_numpy(gt))
     summary = summarize(et.numpy(), er.numpy())
     summary['low_score'] = low_score
-    summary.update(covariance_calibration(est, gt, np.stack(covariances)))
-    return Evaluation(summary, est, gt, np.asarray(scores), np.asarray(stamps, np.int64), sources)
+    covariances = np.stack(covariances)
+    summary.update(covariance_calibration(est, gt, covariances))
+    return Evaluation(summary, est, gt, np.asarray(scores), np.asarray(stamps, np.int64), sources,
+                      covariances, np.asarray(frame_ms), candidates)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -118,9 +140,10 @@ def run(args: argparse.Namespace) -> int:
                          top_k=min(search.top_k, args.candidates))
     if args.levels:
         search = replace(search, levels=args.levels)
-    summary, est, gt, scores, stamps, sources = evaluate(
-        args.model, open_dataset(args.data), args.scene, LocalizerConfig(search=search),
-        args.device, args.backend, args.inductor, args.engine_cache, args.min_score)
+    result = evaluate(args.model, open_dataset(args.data), args.scene,
+                      LocalizerConfig(search=search), args.device, args.backend, args.inductor,
+                      args.engine_cache, args.min_score)
+    summary, est, gt, scores, stamps, sources = result[:6]
     print(format_summary(summary))
     if args.json:
         atomic_write_text(args.json, json.dumps(summary, indent=2))

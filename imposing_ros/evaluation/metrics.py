@@ -92,6 +92,25 @@ def summarize(errors_t, errors_r) -> dict:
     return out
 
 
+def report_entry(errors_t, errors_r) -> dict:
+    """The accuracy keys shared by the demo's and the benchmark's summaries.
+
+    ``median_error_m``, ``median_error_deg``, ``mean_error_m`` (infinite with a miss),
+    ``mean_error_m_localized``, ``mean_error_deg_localized``, ``missed`` and ``recall``
+    ``{'5.0m/10.0deg': share, ...}``, every frame counted (a miss is an infinite error).
+    """
+    stats = summarize(errors_t, errors_r)
+    return {
+        'frames': stats['frames'], 'missed': stats['failed'],
+        'median_error_m': stats['median_m'], 'median_error_deg': stats['median_deg'],
+        'mean_error_m': stats['mean_m'],
+        'mean_error_m_localized': stats['mean_m_localized'],
+        'mean_error_deg_localized': stats['mean_deg_localized'],
+        'recall': {f'{float(m)}m/{float(d)}deg': stats[f'recall_{m:g}m_{d:g}deg']
+                   for m, d in RECALL_THRESHOLDS},
+    }
+
+
 def format_summary(summary: dict) -> str:
     """One readable block for terminals and notes."""
     low = f", {summary['low_score']} of them for a low score" if summary.get('low_score') else ''

@@ -1,7 +1,9 @@
 """Localize the images of a folder with a trained model, write poses to CSV.
 
 Output columns: ``timestamp,image,x,y,z,qx,qy,qz,qw,score,status`` (the plain dataset layout
-plus the score and a status; ``timestamp`` is the image's index when no stamp is known). Poses
+plus the score and a status; ``timestamp``: integer nanoseconds when the file name is a stamp,
+as dataset recorders name them (``1700000000123456789.png`` in ns, ``1700000000.123.png`` in
+seconds), else empty: no stamp is invented). Poses
 are T_map_camera of the camera body frame. ``status`` is ``ok``, ``low_score`` (best score 0 or
 under ``--min-score``: the pose is written but should not be trusted, and the node would not
 publish it) or ``error`` (the image could not be read or localized: empty pose, reason in the log).
@@ -16,13 +18,30 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from imposing_ros.data.plain import load_rgb
+from imposing_ros.data.plain import load_rgb, parse_stamp
 from imposing_ros.localization.localizer import Localizer
 from imposing_ros.runtime.select import add_backend_arguments, DEFAULT_BACKEND, DEFAULT_INDUCTOR
 from imposing_ros.utils import atomic_write_text
 
 LOGGER = logging.getLogger('imposing_ros.localization')
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.ppm')
+
+
+def stamp_of_name(path: Path) -> str:
+    """The stamp (integer ns, as text) an image file's name holds, or '' when it holds none.
+
+    Seconds must carry a decimal point or 9-10 integer digits (Unix seconds since 2001), so
+    that frame numbers such as ``000042.png`` are not read as stamps.
+    """
+    stem = path.stem
+    try:
+        if stem.isdigit() and (len(stem) in (9, 10) or len(stem) >= 16):
+            return str(parse_stamp(stem))
+        if stem.count('.') == 1 and stem.replace('.', '').isdigit():
+            return str(parse_stamp(stem))
+    except ValueError:
+        pass
+    return ''
 
 
 def localize_folder(model: str | Path, images: str | Path, out: str | Path,
@@ -40,14 +59,15 @@ def localize_folder(model: str | Path, images: str | Path, out: str | Path,
                                           inductor=inductor, engine_cache=engine_cache)
     lines = ['timestamp,image,x,y,z,qx,qy,qz,qw,score,status']
     counts = {'ok': 0, 'low_score': 0, 'error': 0}
-    for i, path in enumerate(tqdm(files, desc='localize', unit='image', dynamic_ncols=True)):
+    for path in tqdm(files, desc='localize', unit='image', dynamic_ncols=True):
         name = path.relative_to(images)
+        stamp = stamp_of_name(path)
         try:
             result = localizer.localize(load_rgb(path))
         except (ValueError, RuntimeError) as exc:
             LOGGER.error('%s: not localized: %s', name, exc)
             counts['error'] += 1
-            lines.append(f'{i},{name},,,,,,,,,error')
+            lines.append(f'{stamp},{name},,,,,,,,,error')
             continue
         status = 'ok' if result.score > 0 and result.score >= min_score else 'low_score'
         if status == 'low_score':
@@ -55,7 +75,7 @@ def localize_folder(model: str | Path, images: str | Path, out: str | Path,
                            name, result.score, min_score)
         counts[status] += 1
         values = ','.join(f'{v:.6f}' for v in result.pose)
-        lines.append(f'{i},{name},{values},{result.score:.4f},{status}')
+        lines.append(f'{stamp},{name},{values},{result.score:.4f},{status}')
     LOGGER.info('%d images: %d localized, %d with a low score, %d errors', len(files),
                 counts['ok'], counts['low_score'], counts['error'])
     return atomic_write_text(out, '\n'.join(lines) + '\n')

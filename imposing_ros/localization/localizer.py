@@ -64,6 +64,9 @@ class LocalizerConfig:
     seed: int = 0
     # On CUDA, capture the global search in one CUDA graph (imposing_ros.runtime.graphs).
     cuda_graph: bool = True
+    # Centre-crop camera images to the model's aspect ratio instead of stretching them (for a
+    # camera other than the training one; training stretches, so its own camera needs none).
+    image_crop: bool = False
 
     def __post_init__(self):
         if self.tracking_levels < 1:
@@ -170,7 +173,8 @@ class Localizer:
     def _check_aspect(self, image: np.ndarray) -> None:
         """Warn once when images are stretched to the model's aspect ratio."""
         shape = getattr(image, 'shape', ())
-        if self._aspect_warned or len(shape) < 2 or min(shape[:2]) == 0:
+        if self._aspect_warned or self.config.image_crop or len(shape) < 2 or \
+                min(shape[:2]) == 0:
             return
         height, width = self.image_size
         ratio = (shape[1] / shape[0]) / (width / height)
@@ -178,9 +182,9 @@ class Localizer:
             self._aspect_warned = True
             LOGGER.warning('images of %dx%d pixels (aspect %.2f) are stretched to the model input '
                            '%dx%d (aspect %.2f): fine for a model trained on this camera '
-                           '(training stretches them the same way), wrong for one trained on '
-                           'another', shape[1], shape[0], shape[1] / shape[0], width, height,
-                           width / height)
+                           '(training stretches them the same way); for one trained on '
+                           'another, crop them (image_crop)', shape[1], shape[0],
+                           shape[1] / shape[0], width, height, width / height)
 
     def _sync(self):
         if self.device.type == 'cuda':
@@ -199,7 +203,7 @@ class Localizer:
         timings = {}
         t0 = time.perf_counter()
         self._check_aspect(image)
-        images = preprocess(image, self.image_size).to(self.device)
+        images = preprocess(image, self.image_size, self.config.image_crop).to(self.device)
         self._sync()
         stage('preprocess')
         t1 = time.perf_counter()
@@ -239,6 +243,22 @@ class Localizer:
             result.pose[0].double().cpu().numpy(), covariance,
             float(result.score[0]), result.candidates[0].double().cpu().numpy(),
             result.candidate_scores[0].double().cpu().numpy(), mode, timings, result.levels)
+
+    @torch.no_grad()
+    def search_levels(self, image: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The global search's candidates and scores of every level, level 0 first.
+
+        ``[(poses [N, 7], scores [N]), ...]``: what the paper's Figure 2 draws.
+        """
+        images = preprocess(image, self.image_size, self.config.image_crop).to(self.device)
+        levels = []
+        hierarchical_search(
+            self.backend.encode_images(images), self.backend.encode_poses, self.initial_poses,
+            self.config.search, self._global_noise, score=self.backend.score,
+            sample=self.backend.sample,
+            on_level=lambda k, poses, scores: levels.append(
+                (poses[0].double().cpu().numpy(), scores[0].double().cpu().numpy())))
+        return levels
 
     def prior_candidates(self, pose, covariance, search: SearchConfig,
                          generator: torch.Generator) -> torch.Tensor:

@@ -187,6 +187,7 @@ def hierarchical_search(image_codes: torch.Tensor,
                         sample: Callable[..., torch.Tensor] | None = None,
                         sigmas: torch.Tensor | None = None,
                         initial_scores: torch.Tensor | None = None,
+                        on_level: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
                         ) -> SearchResult:
     """Localize ``B`` images by scoring candidates level by level.
 
@@ -207,6 +208,8 @@ def hierarchical_search(image_codes: torch.Tensor,
         initial_scores: ``[B, N]`` level-0 scores of shared ``initial_poses``, computed by the
             caller from unit codes cached once (:func:`level0_scores`: they do not depend on
             the image); without them level 0 encodes and scores ``initial_poses``.
+        on_level: called with ``(level, candidates [B, N, 7], scores [B, N])`` after each
+            level is scored (figures of the search; None in production).
 
     Returns:
         :class:`SearchResult`.
@@ -226,6 +229,8 @@ def hierarchical_search(image_codes: torch.Tensor,
         candidates = initial_poses
         scores = score(image_codes, encode_poses(candidates))
     stage('level0')
+    if on_level is not None:
+        on_level(0, candidates, scores)
     levels = noise.uniform.shape[0] + 1
     top_k = min(config.top_k, scores.shape[1])
     last_mean = None
@@ -246,6 +251,8 @@ def hierarchical_search(image_codes: torch.Tensor,
         stage(f'level{level}/encode')
         scores = score(image_codes, codes)
         stage(f'level{level}/score')
+        if on_level is not None:
+            on_level(level, candidates, scores)
     result = average_top(candidates, scores, config)._replace(levels=level + 1)
     stage('average+covariance')
     return result

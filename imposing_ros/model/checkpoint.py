@@ -2,10 +2,11 @@
 
 A checkpoint is a dict of plain Python values and tensors:
 
-``format``, ``code_version``, ``model_config``, ``scenes`` (name -> map: normalisation and
-initial poses), ``state_dict``, ``seed``, and, from training, ``train_config``, ``epoch``,
-``optimizer`` and ``history``. The model is rebuilt from ``model_config`` and its weights loaded
-with ``strict=True``.
+``format``, ``code_version``, ``method`` (``imposing``, or a baseline of
+:mod:`imposing_ros.baselines`; absent in older files: ``imposing``), ``model_config``,
+``scenes`` (name -> map: normalisation and initial poses), ``state_dict``, ``seed``, and,
+from training, ``train_config``, ``epoch``, ``optimizer`` and ``history``. The model is
+rebuilt from ``model_config`` and its weights loaded with ``strict=True``.
 """
 
 from __future__ import annotations
@@ -29,9 +30,12 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable, or does not fit the model it describes."""
 
 
-def save_checkpoint(path: str | Path, model: ImPosing, seed: int, half: bool = False,
+def save_checkpoint(path: str | Path, model: torch.nn.Module, seed: int, half: bool = False,
                     **extra: Any) -> Path:
     """Write ``model`` (and ``extra`` training state) atomically to ``path``.
+
+    ``model``: an :class:`ImPosing` or a baseline (anything with ``config``, ``maps`` and,
+    for baselines, ``method``).
 
     ``half`` stores floating point weights as fp16 (the committed demo model: half the bytes;
     they are cast back to fp32 at load).
@@ -43,6 +47,7 @@ def save_checkpoint(path: str | Path, model: ImPosing, seed: int, half: bool = F
     payload = {
         'format': FORMAT,
         'code_version': __version__,
+        'method': getattr(model, 'method', 'imposing'),
         'model_config': config_to_dict(model.config),
         'scenes': {name: m.to_dict() for name, m in model.maps.items()},
         'state_dict': state,
@@ -87,6 +92,9 @@ def load_model(path: str | Path, device: str | torch.device = 'cpu'
                ) -> tuple[ImPosing, dict[str, Any]]:
     """Rebuild the model of checkpoint ``path`` in eval mode; return it and the raw dict."""
     data = read_checkpoint(path)
+    if data.get('method', 'imposing') != 'imposing':
+        raise CheckpointError(f"checkpoint {path}: a {data['method']} baseline, not an ImPosing "
+                              f"model (evaluate and benchmark read both)")
     try:
         config = config_from_dict(ModelConfig, data['model_config'], where=str(path))
         maps = {name: SceneMap.from_dict(m) for name, m in data['scenes'].items()}

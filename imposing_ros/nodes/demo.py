@@ -71,6 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='also write every frame (published pose, errors) to this CSV')
     parser.add_argument('--startup-timeout', type=float, default=180.0,
                         help='seconds to wait for the localizer to become active')
+    # 8765: imposing_ros.nodes.live_view.DEFAULT_PORT (not imported here: it loads rclpy).
+    parser.add_argument('--foxglove', nargs='?', type=int, const=8765, default=None,
+                        metavar='PORT',
+                        help='also serve a live view to Foxglove on ws://127.0.0.1:PORT '
+                             '(default 8765; layout config/foxglove_layout.json; needs '
+                             'foxglove-sdk)')
 
 
 # --- bag reading (rosbags, no ROS) ------------------------------------------------------------
@@ -253,10 +259,19 @@ class Session:
         from rosbags.highlevel import AnyReader
         from rosgraph_msgs.msg import Clock
 
+        from imposing_ros.nodes.tf_io import odometry_tf_publisher
+
         clock_pub = self.node.create_publisher(Clock, '/clock', 10)
+        # odom -> base_link on /tf from the recorded odometry, as a robot's odometry node
+        # does (the localizer needs it for map -> odom); None where TFMessage is missing.
+        publish_odom_tf = odometry_tf_publisher(self.node)
         publishers, images = {}, 0
         with AnyReader([self.info.path]) as reader:
             for conn in reader.connections:
+                if conn.topic == TF_STATIC_TOPIC:
+                    # The localizer publishes the extrinsic it was given (read from this
+                    # topic): a second copy would give the camera frame two parents.
+                    continue
                 package, _, name = conn.msgtype.split('/')
                 try:
                     cls = getattr(importlib.import_module(f'{package}.msg'), name)
@@ -298,6 +313,8 @@ class Session:
                         self.sent[stamp] = time.monotonic()
                     images += 1
                 publishers[conn.topic].publish(bytes(raw))  # recorded CDR, as ros2 bag play
+                if publish_odom_tf is not None and conn.msgtype == 'nav_msgs/msg/Odometry':
+                    publish_odom_tf(reader.deserialize(raw, conn.msgtype))
         return images
 
     def close(self):
@@ -358,15 +375,9 @@ def summarize(info: BagInfo, sent: dict, poses: list, diagnostics: dict) -> dict
     summary = {'bag': str(info.path), 'images_sent': len(sent), 'poses': len(poses),
                'frames_with_truth': len(errors_t)}
     if errors_t:
-        stats = metrics.summarize(errors_t, errors_r)
-        summary.update({
-            'missed': stats['failed'],
-            'median_error_m': stats['median_m'], 'median_error_deg': stats['median_deg'],
-            'mean_error_m_localized': stats['mean_m_localized'],
-            'mean_error_deg_localized': stats['mean_deg_localized'],
-            'recall': {f'{float(m)}m/{float(d)}deg': stats[f'recall_{m:g}m_{d:g}deg']
-                       for m, d in metrics.RECALL_THRESHOLDS},
-        })
+        entry = metrics.report_entry(errors_t, errors_r)
+        del entry['frames']  # frames_with_truth above
+        summary.update(entry)
     if latencies:
         lat = np.array(latencies)
         summary['latency_ms'] = {f'p{q}': float(np.percentile(lat, q)) for q in (50, 90, 99)}
@@ -433,6 +444,10 @@ def run(args: argparse.Namespace) -> int:
     if not model.is_file():
         raise FileNotFoundError(
             f'model {model} not found: train one (imposing-ros train ...) or pass --model')
+    if args.foxglove is not None:
+        from imposing_ros.nodes import live_view
+
+        live_view.require_foxglove()  # a missing package fails now, not after the rendering
     bag = Path(args.bag)
     if not bag.exists():
         simulate_heldout(bag, args.traversal, args.frames)
@@ -449,8 +464,12 @@ def run(args: argparse.Namespace) -> int:
                '--use-filter', args.use_filter, '--log-level', 'warn']
     LOGGER.info('starting the node set: %s', ' '.join(command))
     runner = subprocess.Popen(command)
-    session = None
+    session = view = None
     try:
+        if args.foxglove is not None:  # the images the localizer reads, on the bag's clock
+            view = live_view.LiveView(args.foxglove, info.image_topic.removesuffix('/compressed'),
+                                      'compressed' if info.compressed else 'raw',
+                                      use_sim_time=True)
         session = Session(info)
         session.wait_active(runner, args.startup_timeout)
         LOGGER.info('playing %s (%d images on %s)', bag, info.images, info.image_topic)
@@ -469,6 +488,8 @@ def run(args: argparse.Namespace) -> int:
             sent, poses = dict(session.sent), list(session.poses)
             summary = summarize(info, sent, poses, dict(session.diagnostics))
     finally:
+        if view is not None:
+            view.close()
         if session is not None:
             session.close()
         if runner.poll() is None:

@@ -245,6 +245,8 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
         for destroy, entity in self._entities:
             destroy(entity)
         self._entities = []
+        if self._tf is not None:
+            self._tf.close()
         self._tf = None
         with self._lock:
             self._settings = None

@@ -108,7 +108,7 @@ PARAMETERS = (
      params.finite_list(3)),
     ('camera_extrinsic.optical', False,
      'camera_frame is an optical frame (z forward, x right) rather than x forward, z up', None),
-    ('publish_tf', True, 'publish map->odom on /tf (needs tf2_ros)', None),
+    ('publish_tf', True, 'publish map->odom on /tf (tf2_ros, or tf2_msgs in pip installs)', None),
     ('transform_tolerance', 0.5, 'map->odom is post-dated by this much (s), as in AMCL',
      params.at_least(0.0)),
     ('tracking.enabled', True, 'use a recent motion-filter prior to run a tracking search',
@@ -126,6 +126,9 @@ PARAMETERS = (
     ('diagnostic_period', 1.0, 'period of /diagnostics (s)', params.at_least(0.0, True)),
     ('seed', _DEFAULTS.seed,
      'seed of the candidate noise (same image, same pose)', params.at_least(0)),
+    ('image_crop', _DEFAULTS.image_crop,
+     "centre-crop images to the model's aspect ratio instead of stretching them (a camera "
+     'other than the training one)', None),
 )
 
 
@@ -165,4 +168,4 @@ def localizer_config(s: Settings) -> LocalizerConfig:
                        sigma=tuple(s.search_sigma), converge_m=s.search_converge_m,
                        converge_deg=s.search_converge_deg),
         tracking_levels=s.tracking_levels, tracking_min_sigma=tuple(s.tracking_min_sigma),
-        seed=s.seed)
+        seed=s.seed, image_crop=s.image_crop)

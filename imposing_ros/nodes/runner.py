@@ -39,6 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--namespace', default='', help=default['namespace'].description)
     parser.add_argument('--duration', type=float, default=0.0,
                         help='stop after this many seconds (0: run until Ctrl-C)')
+    # 8765: imposing_ros.nodes.live_view.DEFAULT_PORT (not imported here: it loads rclpy).
+    parser.add_argument('--foxglove', nargs='?', type=int, const=8765, default=None,
+                        metavar='PORT',
+                        help='also serve a live view of the localizer to Foxglove on '
+                             'ws://127.0.0.1:PORT (default 8765; needs foxglove-sdk)')
 
 
 def create_nodes(launches: list[node_set.NodeLaunch], context=None) -> list:
@@ -112,6 +117,11 @@ def run(args: argparse.Namespace) -> int:
     nodes = []
     try:
         nodes = create_nodes(launches, context)
+        if args.foxglove is not None:  # before activation: a busy port fails before the model
+            from imposing_ros.nodes import live_view
+
+            localizer = nodes[[launch.spec for launch in launches].index(node_set.LOCALIZER)]
+            nodes.append(live_view.beside(localizer, args.foxglove, context))
         for node in nodes:
             executor.add_node(node)
         for launch, node in zip(launches, nodes):

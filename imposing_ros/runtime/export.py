@@ -6,7 +6,9 @@ Formats:
   fp16 weights (half the bytes; loaded back as fp32 by
   :func:`~imposing_ros.model.checkpoint.load_model`, then prepared by the backend at load:
   batch norms folded, weights cast and laid out once). The committed demo model is made this
-  way. Training state (optimizer, history) is dropped; the configs, seed and maps stay.
+  way, and so are the baselines' (:mod:`imposing_ros.baselines`, this format only; the
+  retrieval database included). The optimizer state is dropped; the configs, seed, maps and
+  training history stay.
 * ``int8`` (``torch-int8`` backend, CPU): quantizes both encoders with activation ranges
   observed on ``--calibration`` images (reference images of the scene, not the evaluation set;
   ``--calibration-frames`` of them, evenly spaced) and on the search's own candidate poses, and
@@ -21,7 +23,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from imposing_ros.model.checkpoint import load_model, save_checkpoint
+from imposing_ros.model.checkpoint import load_model, read_checkpoint, save_checkpoint
 from imposing_ros.runtime.int8 import calibration_images, DEFAULT_CALIBRATION_FRAMES, Int8Programs
 
 FORMATS = ('checkpoint-fp16', 'int8', 'tensorrt')
@@ -37,7 +39,14 @@ def export(model_path: str | Path, out: str | Path, fmt: str = 'checkpoint-fp16'
     if fmt == 'int8' and not calibration:
         raise ValueError('the int8 format needs --calibration DATA: camera images of the scene '
                          '(e.g. the training data), not the evaluation set')
-    model, data = load_model(model_path)
+    if read_checkpoint(model_path).get('method', 'imposing') != 'imposing':
+        if fmt != 'checkpoint-fp16':
+            raise ValueError(f'{model_path}: a baseline exports to checkpoint-fp16 only')
+        from imposing_ros.baselines.models import load_baseline
+
+        model, data = load_baseline(model_path)
+    else:
+        model, data = load_model(model_path)
     if fmt == 'int8':
         programs = Int8Programs(model, model.default_scene(scene), out, candidates)
         images = calibration_images(calibration, calibration_frames, model.config.image_size)

@@ -1,5 +1,8 @@
 """Train an ImPosing model on posed images (plain folder, rosbag2 or public datasets).
 
+``--method retrieval|apr`` trains a baseline of the benchmark instead
+(:mod:`imposing_ros.baselines`), with the same data, schedule and checkpoints.
+
 Datasets are given as ``[SCENE=]SPEC`` (see :func:`imposing_ros.data.datasets.open_dataset`):
 specs with the same scene name are joined; several scenes make a multi-scene model (one shared
 backbone, one head and pose encoder per scene). The YAML ``--config`` has up to three strict
@@ -40,8 +43,12 @@ def parse_scene_spec(text: str) -> tuple[str, str]:
     return DEFAULT_SCENE, text
 
 
-def load_configs(path: str | None) -> tuple[ModelConfig, TrainConfig, SearchConfig]:
-    """Strict configs from a YAML file (missing sections keep their defaults)."""
+def load_configs(path: str | None, method: str = 'imposing'):
+    """Strict (model, train, search) configs from a YAML file (missing sections: defaults).
+
+    ``method`` 'imposing': ModelConfig, TrainConfig, SearchConfig; a baseline: BaselineConfig
+    (whose ``method`` must agree), BaselineTrainConfig and no search section.
+    """
     data = {}
     if path:
         p = Path(path)
@@ -52,6 +59,16 @@ def load_configs(path: str | None) -> tuple[ModelConfig, TrainConfig, SearchConf
         if unknown:
             raise ValueError(f'{p}: unknown section(s) {sorted(unknown)}; '
                              f'expected model, train, search')
+    if method != 'imposing':
+        from imposing_ros.baselines.models import BaselineConfig
+        from imposing_ros.baselines.training import BaselineTrainConfig
+
+        model = dict(data.get('model') or {})
+        if model.setdefault('method', method) != method or data.get('search'):
+            raise ValueError(f'{path}: a {method} run takes a model section of method {method} '
+                             f'and no search section')
+        return (config_from_dict(BaselineConfig, model, f'{path}: model'),
+                config_from_dict(BaselineTrainConfig, data.get('train'), f'{path}: train'), None)
     return (config_from_dict(ModelConfig, data.get('model'), f'{path}: model'),
             config_from_dict(TrainConfig, data.get('train'), f'{path}: train'),
             config_from_dict(SearchConfig, data.get('search'), f'{path}: search'))
@@ -73,6 +90,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='training dataset (repeatable)')
     parser.add_argument('--val', action='append', default=[], metavar='[SCENE=]SPEC',
                         help='validation dataset (repeatable)')
+    parser.add_argument('--method', choices=('imposing', 'retrieval', 'apr'), default='imposing',
+                        help='imposing (default), or a baseline of the benchmark: retrieval '
+                             '(GeM descriptor) or apr (pose regression)')
     parser.add_argument('--out', required=True, help='output directory (checkpoints, cache)')
     parser.add_argument('--config', help='YAML with model / train / search sections')
     parser.add_argument('--epochs', type=int, help='override train.epochs')
@@ -95,7 +115,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry of ``imposing-ros train``."""
-    model_cfg, train_cfg, search_cfg = load_configs(args.config)
+    model_cfg, train_cfg, search_cfg = load_configs(args.config, args.method)
     if args.epochs is not None:
         train_cfg = replace(train_cfg, epochs=args.epochs)
     if args.batch_size is not None:
@@ -127,8 +147,17 @@ def run(args: argparse.Namespace) -> int:
                     len(val_cache) if val_cache else 0)
     if args.stop_after is not None and args.stop_after < 1:
         raise ValueError(f'--stop-after must be >= 1, got {args.stop_after}')
-    result = train(scenes, out, model_cfg, train_cfg, search_cfg, resume=not args.no_resume,
-                   backbone_weights=args.backbone_weights, device=args.device,
-                   init_from=args.init_from, stop_after=args.stop_after)
+    if args.method == 'imposing':
+        result = train(scenes, out, model_cfg, train_cfg, search_cfg, resume=not args.no_resume,
+                       backbone_weights=args.backbone_weights, device=args.device,
+                       init_from=args.init_from, stop_after=args.stop_after)
+    else:
+        from imposing_ros.baselines.training import train_baseline
+
+        if args.init_from:
+            raise ValueError('--init-from is for ImPosing stages; baselines resume from last.pt')
+        result = train_baseline(scenes, out, model_cfg, train_cfg, resume=not args.no_resume,
+                                backbone_weights=args.backbone_weights, device=args.device,
+                                stop_after=args.stop_after)
     print(f'checkpoint: {result.checkpoint}')
     return 0

@@ -43,8 +43,8 @@ COLLAPSE_POSITIVE_SHARE = 0.01
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Training hyperparameters (paper section 4 where it gives them)."""
+class ScheduleConfig:
+    """What every training method shares: epochs, batches, learning-rate schedule, precision."""
 
     epochs: int = 250
     batch_size: int = 16
@@ -62,6 +62,45 @@ class TrainConfig:
     precision: str = 'auto'
     # Images in channels-last memory layout (faster convolutions in oneDNN and cuDNN).
     channels_last: bool = True
+    # Appearance augmentation for day / night / weather change (photometric only: geometric
+    # changes would break the image-pose correspondence).
+    augment: bool = True
+    # Validate (median error on held-out frames) every N epochs; 0 = never.
+    val_every: int = 5
+    val_frames: int = 64
+    checkpoint_every: int = 1
+    num_workers: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError('epochs and batch_size must be >= 1')
+        if not 0 < self.lr < 1:
+            raise ValueError(f'lr must be in (0, 1), got {self.lr}')
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f'lr_schedule must be one of {LR_SCHEDULES}, got '
+                             f'{self.lr_schedule!r}')
+        if not 0 < self.lr_final_fraction <= 1 or self.warmup_epochs < 0:
+            raise ValueError('lr_final_fraction must be in (0, 1] and warmup_epochs >= 0')
+        if self.precision not in PRECISIONS:
+            raise ValueError(f'precision must be one of {PRECISIONS}, got {self.precision!r}')
+
+    def lr_factor(self, progress: float) -> float:
+        """Learning rate / ``lr`` at ``progress`` epochs (fractional) into the run."""
+        factor = 1.0
+        if self.lr_schedule == 'cosine':
+            t = min(max(progress / self.epochs, 0.0), 1.0)
+            low = self.lr_final_fraction
+            factor = low + (1 - low) * 0.5 * (1 + math.cos(math.pi * t))
+        if progress < self.warmup_epochs:
+            factor *= 0.1 + 0.9 * progress / self.warmup_epochs
+        return factor
+
+
+@dataclass(frozen=True)
+class TrainConfig(ScheduleConfig):
+    """ImPosing's training hyperparameters (paper section 4 where it gives them)."""
+
     # The L1 loss of eq. 5 compares targets with the raw cosine (no ReLU): a cosine below 0 still
     # gets a gradient towards 0. With the ReLU score of eq. 1 in the loss, a model whose cosines
     # all turn negative has no gradient left and never recovers (seen on small datasets).
@@ -79,43 +118,15 @@ class TrainConfig:
     # Eq. 3 weights: lambda_t per normalised map unit, lambda_r per degree.
     lambda_t: float = 5.0
     lambda_r: float = 0.1
-    # Appearance augmentation for day / night / weather change (photometric only: geometric
-    # changes would break the image-pose correspondence).
-    augment: bool = True
-    # Validate (median error of the full search on held-out frames) every N epochs; 0 = never.
-    val_every: int = 5
-    val_frames: int = 64
-    checkpoint_every: int = 1
-    num_workers: int = 0
-    seed: int = 0
 
     def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1 or self.num_candidates < 2:
-            raise ValueError('epochs, batch_size must be >= 1 and num_candidates >= 2')
-        if not 0 < self.lr < 1:
-            raise ValueError(f'lr must be in (0, 1), got {self.lr}')
+        super().__post_init__()
+        if self.num_candidates < 2:
+            raise ValueError('num_candidates must be >= 2')
         if not 2 <= self.top_k <= self.num_candidates:
             raise ValueError('top_k must be in [2, num_candidates]')
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f'lr_schedule must be one of {LR_SCHEDULES}, got '
-                             f'{self.lr_schedule!r}')
-        if not 0 < self.lr_final_fraction <= 1 or self.warmup_epochs < 0:
-            raise ValueError('lr_final_fraction must be in (0, 1] and warmup_epochs >= 0')
-        if self.precision not in PRECISIONS:
-            raise ValueError(f'precision must be one of {PRECISIONS}, got {self.precision!r}')
         SearchConfig(num_candidates=self.num_candidates, levels=self.levels, top_k=self.top_k,
                      sigma=self.sigma, schedule=self.schedule, num_average=1)
-
-    def lr_factor(self, progress: float) -> float:
-        """Learning rate / ``lr`` at ``progress`` epochs (fractional) into the run."""
-        factor = 1.0
-        if self.lr_schedule == 'cosine':
-            t = min(max(progress / self.epochs, 0.0), 1.0)
-            low = self.lr_final_fraction
-            factor = low + (1 - low) * 0.5 * (1 + math.cos(math.pi * t))
-        if progress < self.warmup_epochs:
-            factor *= 0.1 + 0.9 * progress / self.warmup_epochs
-        return factor
 
     def search_config(self) -> SearchConfig:
         """The proposer settings as a SearchConfig."""
@@ -298,11 +309,40 @@ def train(scenes: dict[str, SceneData], out: str | Path, model_config: ModelConf
     step = ScoreLoss(model, cfg).to(device)
     ddp = DistributedDataParallel(step, find_unused_parameters=len(scenes) > 1) \
         if world > 1 else step
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
-    augment = appearance_augmentation() if cfg.augment else None
+    loaders = make_loaders(scenes, cfg, rank, world)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(memory_format=memory_format)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank)
 
+    def forward(images, poses, scene, trial=False):
+        # The precision trial draws from its own generator: training's stream stays the same.
+        loss, final = ddp(images, poses, scene,
+                          torch.Generator(device=device).manual_seed(0) if trial else generator)
+        return loss, {'positive_share': float((final > 0).float().mean())}
+
+    def end_of_epoch(record: dict) -> dict:
+        if record['positive_share'] < COLLAPSE_POSITIVE_SHARE:
+            LOGGER.warning('epoch %d: training has collapsed: only %.2f %% of final-level '
+                           'cosines are positive, so the ReLU score is 0 almost everywhere and '
+                           'the search cannot rank candidates. Lower train.lr, add '
+                           'train.warmup_epochs, or keep train.loss_on_cosine true.',
+                           record['epoch'], 100 * record['positive_share'])
+        if cfg.val_every and record['epoch'] % cfg.val_every == 0:
+            return _validate(model, scenes, search_config, cfg, device)
+        return {}
+
+    history = run_epochs(model, forward, loaders, cfg, out, history, start_epoch, stop_after,
+                         optimizer_state, end_of_epoch, rank)
+    if world > 1:
+        dist.barrier()
+    model.to(memory_format=torch.contiguous_format)
+    return TrainResult(last, model, history)
+
+
+def make_loaders(scenes: dict[str, SceneData], cfg, rank: int = 0,
+                 world: int = 1) -> dict[str, DataLoader]:
+    """Shuffled training loaders per scene, with the appearance augmentation of ``cfg``."""
+    augment = appearance_augmentation() if cfg.augment else None
     loaders = {}
     for name, s in scenes.items():
         if len(s.train) == 0:
@@ -315,26 +355,44 @@ def train(scenes: dict[str, SceneData], out: str | Path, model_config: ModelConf
             num_workers=cfg.num_workers, drop_last=len(s.train) >= cfg.batch_size * world,
             persistent_workers=cfg.num_workers > 0,
             generator=torch.Generator().manual_seed(cfg.seed))
-    steps_per_epoch = sum(len(loader) for loader in loaders.values())
+    return loaders
+
+
+def run_epochs(model: nn.Module, forward: Callable, loaders: dict[str, DataLoader], cfg,
+               out: Path, history: list, start_epoch: int, stop_after: int | None,
+               optimizer_state: dict | None, end_of_epoch: Callable[[dict], dict],
+               rank: int = 0, save_extra: dict | None = None) -> list:
+    """The training loop shared by every method: schedule, precision, progress, checkpoints.
+
+    ``forward(images, poses, scene, trial=False) -> (loss, stats)`` is one step's forward pass
+    (its float ``stats`` are averaged over the epoch into the record; ``trial``: a step of the
+    precision measurement, which must not advance training's random streams); ``cfg`` is a
+    :class:`ScheduleConfig`. ``end_of_epoch(record)`` returns validation entries (on rank 0), whose
+    ``val_median_m`` selects ``best.pt``. ``model`` must be saveable by
+    :func:`~imposing_ros.model.checkpoint.save_checkpoint`. Returns the history.
+    """
+    device = next(model.parameters()).device
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model.to(memory_format=memory_format)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    steps_per_epoch = sum(len(loader) for loader in loaders.values())
     precision = cfg.precision
     if precision == 'auto':
         name, (images, poses) = next(_interleave(loaders))
-        precision = choose_precision(step, images.to(device, memory_format=memory_format),
-                                     poses.to(device), name)
+        images = images.to(device, memory_format=memory_format)
+        precision = choose_precision(
+            lambda: forward(images, poses.to(device), name, trial=True)[0], model)
     LOGGER.info('training in %s on %s (%s), %d steps an epoch', precision, device,
                 'channels-last' if cfg.channels_last else 'contiguous', steps_per_epoch)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank)
     best = min((h['val_median_m'] for h in history if 'val_median_m' in h), default=math.inf)
-
     end_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)
     for epoch in range(start_epoch, end_epoch):
         model.train()
         for loader in loaders.values():
             if isinstance(loader.sampler, DistributedSampler):
                 loader.sampler.set_epoch(epoch)
-        t0, losses, positive = time.perf_counter(), [], []
+        t0, losses, stats = time.perf_counter(), [], {}
         bar = tqdm(_interleave(loaders), desc=f'epoch {epoch + 1}/{cfg.epochs}', leave=False,
                    total=steps_per_epoch, disable=True if rank else None,
                    dynamic_ncols=True)  # None: off if no tty
@@ -342,13 +400,14 @@ def train(scenes: dict[str, SceneData], out: str | Path, model_config: ModelConf
             for group in optimizer.param_groups:
                 group['lr'] = cfg.lr * cfg.lr_factor(epoch + i / steps_per_epoch)
             with _autocast(precision, device):
-                loss, final = ddp(images.to(device, memory_format=memory_format),
-                                  poses.to(device), name, generator)
+                loss, step_stats = forward(images.to(device, memory_format=memory_format),
+                                           poses.to(device), name)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
-            positive.append(float((final > 0).float().mean()))
+            for key, value in step_stats.items():
+                stats.setdefault(key, []).append(value)
             bar.set_postfix(loss=f'{losses[-1]:.4f}')
             if bar.disable and rank == 0 and len(losses) % 100 == 0:  # no tty: log progress
                 elapsed = time.perf_counter() - t0
@@ -362,16 +421,12 @@ def train(scenes: dict[str, SceneData], out: str | Path, model_config: ModelConf
         record = {'epoch': epoch + 1, 'loss': float(np.mean(losses)) if losses else math.nan,
                   'seconds': seconds, 'frames_per_s': len(losses) * cfg.batch_size / seconds,
                   'lr': optimizer.param_groups[0]['lr'],
-                  'positive_share': float(np.mean(positive)) if positive else math.nan}
-        if record['positive_share'] < COLLAPSE_POSITIVE_SHARE:
-            LOGGER.warning('epoch %d: training has collapsed: only %.2f %% of final-level cosines '
-                           'are positive, so the ReLU score is 0 almost everywhere and the search '
-                           'cannot rank candidates. Lower train.lr, add train.warmup_epochs, or '
-                           'keep train.loss_on_cosine true.', epoch + 1,
-                           100 * record['positive_share'])
+                  **{k: float(np.mean(v)) for k, v in stats.items()}}
         is_best = False
-        if rank == 0 and cfg.val_every and (epoch + 1) % cfg.val_every == 0:
-            record.update(_validate(model, scenes, search_config, cfg, device))
+        if rank == 0:
+            model.eval()
+            record.update(end_of_epoch(record))
+            model.train()
             if record.get('val_median_m', math.inf) < best:
                 best, is_best = record['val_median_m'], True
         history.append(record)
@@ -379,16 +434,13 @@ def train(scenes: dict[str, SceneData], out: str | Path, model_config: ModelConf
             LOGGER.info('epoch %d: %s', epoch + 1,
                         ', '.join(f'{k} {v:.4g}' for k, v in record.items() if k != 'epoch'))
             extra = dict(train_config=config_to_dict(cfg), epoch=epoch + 1, history=history,
-                         optimizer=optimizer.state_dict())
+                         optimizer=optimizer.state_dict(), **(save_extra or {}))
             if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
-                save_checkpoint(last, model, cfg.seed, **extra)
+                save_checkpoint(out / 'last.pt', model, cfg.seed, **extra)
             if is_best:  # weights for use, no optimizer state: a third of the size
                 save_checkpoint(out / 'best.pt', model, cfg.seed,
                                 **{k: v for k, v in extra.items() if k != 'optimizer'})
-    if world > 1:
-        dist.barrier()
-    model.to(memory_format=torch.contiguous_format)
-    return TrainResult(last, model, history)
+    return history
 
 
 def _hms(seconds: float) -> str:
@@ -403,35 +455,33 @@ def _autocast(precision: str, device: torch.device):
     return contextlib.nullcontext()
 
 
-def choose_precision(step: ScoreLoss, images: torch.Tensor, poses: torch.Tensor, scene: str,
+def choose_precision(step: Callable[[], torch.Tensor], model: nn.Module,
                      repeats: int = 3) -> str:
-    """'bf16' or 'fp32' for training ``step`` on this device, by measurement on a CPU.
+    """'bf16' or 'fp32' for training ``model`` with ``step() -> loss``, by measurement on a CPU.
 
     CUDA: bf16 where the GPU supports it. CPU: ``repeats`` timed forward + backward passes of
     each after one warm-up, on a real batch; bf16 only if at least 10 % faster. The weights are
-    not changed (gradients cleared, batch-norm statistics restored) and the training generator
-    is not used.
+    not changed (gradients cleared, batch-norm statistics restored).
     """
-    device = images.device
+    device = next(model.parameters()).device
     if device.type == 'cuda':
         return 'bf16' if torch.cuda.is_bf16_supported() else 'fp32'
-    generator = torch.Generator(device=device).manual_seed(0)
-    saved = {k: v.clone() for k, v in step.state_dict().items()}  # batch-norm statistics
+    saved = {k: v.clone() for k, v in model.state_dict().items()}  # batch-norm statistics
     seconds = {}
     for precision in ('fp32', 'bf16'):
         times = []
         for _ in range(repeats + 1):
             t0 = time.perf_counter()
             with _autocast(precision, device):
-                loss, _ = step(images, poses, scene, generator)
+                loss = step()
             loss.backward()
             times.append(time.perf_counter() - t0)
-        step.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)
         seconds[precision] = float(np.median(times[1:]))
-    step.load_state_dict(saved)
+    model.load_state_dict(saved)
     choice = 'bf16' if seconds['bf16'] < 0.9 * seconds['fp32'] else 'fp32'
-    LOGGER.info('training precision by measurement (batch of %d): fp32 %.3f s, bf16 %.3f s '
-                'a step -> %s', len(images), seconds['fp32'], seconds['bf16'], choice)
+    LOGGER.info('training precision by measurement: fp32 %.3f s, bf16 %.3f s a step -> %s',
+                seconds['fp32'], seconds['bf16'], choice)
     return choice
 
 
