@@ -25,7 +25,8 @@ from imposing_ros.geometry import (  # noqa: E402
     pose_to_matrix,
     T_camera_optical,
 )
-from imposing_ros.nodes.demo import BagInfo, demo_parameters, summarize  # noqa: E402
+from imposing_ros.nodes.demo import BagInfo, demo_parameters  # noqa: E402
+from imposing_ros.nodes.demo_report import summarize  # noqa: E402
 from imposing_ros.runtime.select import CPU_AUTO_BACKENDS  # noqa: E402
 
 FRAMES = 30

@@ -1,4 +1,4 @@
-"""Training of the baselines with ImPosing's loop (``trainer.run_epochs``).
+"""Training of the baselines with ImPosing's loop (:func:`imposing_ros.training.loop.run_epochs`).
 
 Same data, augmentation, schedule, precision choice, progress log and checkpoints as ImPosing:
 what differs is the loss.
@@ -34,15 +34,15 @@ from imposing_ros.baselines.models import (
 from imposing_ros.config import config_to_dict
 from imposing_ros.geometry import canonical_quat
 from imposing_ros.model.checkpoint import read_checkpoint, save_checkpoint
-from imposing_ros.training.trainer import (
+from imposing_ros.training.loop import (
     appearance_augmentation,
-    build_scene_map,
     make_loaders,
     run_epochs,
     SceneData,
     ScheduleConfig,
     TrainResult,
 )
+from imposing_ros.training.trainer import build_scene_map
 
 LOGGER = logging.getLogger('imposing_ros.training')
 

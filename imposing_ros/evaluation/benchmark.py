@@ -115,6 +115,23 @@ def run_method(path: Path, frames: list, backend: str, device: str, warmup: int 
     return localizer, evaluate_localizer(localizer, frames, desc=path.stem)
 
 
+def nearest_reference_m(localizer, truth: np.ndarray) -> float | None:
+    """Median distance (m) from the data's true positions to the nearest database image.
+
+    Only retrieval has a database. Near 0 means the test poses repeat reference poses (e.g. a
+    simulated traversal driving the very path of the training ones, imaged at the same
+    places): retrieval's nearest neighbour is then exact and the comparison says nothing about
+    positions between reference images.
+    """
+    database = getattr(localizer, 'db_poses', None)
+    if database is None:
+        return None
+    positions = torch.as_tensor(truth[:, :3], dtype=torch.float32)
+    nearest = torch.cat([torch.cdist(chunk, database[:, :3].float()).min(dim=1).values
+                         for chunk in positions.split(1024)])
+    return float(nearest.median())
+
+
 def entry(evaluation: Evaluation, localizer, path: Path, data: dict) -> dict:
     """One row of ``summary.json``."""
     errors_t, errors_r = pose_errors(torch.from_numpy(evaluation.estimates),
@@ -126,6 +143,9 @@ def entry(evaluation: Evaluation, localizer, path: Path, data: dict) -> dict:
                model_bytes=path.stat().st_size, backend=localizer.backend_name,
                xy_in_95_ellipse=evaluation.summary.get('xy_in_95_ellipse', math.nan),
                **training_facts(data))
+    nearest = nearest_reference_m(localizer, evaluation.truth)
+    if nearest is not None:
+        row['data_to_nearest_reference_m_median'] = nearest
     return row
 
 
@@ -236,6 +256,13 @@ def report(summary: dict) -> str:
         lines.append(f"ImPosing's median translation error is {ratio:.2f}x that of the best "
                      f"baseline ({best}, {others[best]:.2f} m); the paper reports 0.24x against "
                      f"CoordiNet on Daoxiang.")
+    for name, row in offline.items():
+        nearest = row.get('data_to_nearest_reference_m_median')
+        if nearest is not None and nearest < 0.5:
+            lines.append(f'Caution: the true positions of this data lie a median {nearest:.3f} m '
+                         f"from the nearest of {name}'s reference images: the test poses repeat "
+                         f'the reference poses, so its nearest neighbour is close to exact and '
+                         f'this comparison does not measure positions between reference images.')
     epochs = {k: v.get('trained_epochs') for k, v in offline.items()}
     if len(set(epochs.values())) > 1:
         lines.append(f'Training budgets differ (epochs: {epochs}): the comparison is not yet '

@@ -176,10 +176,20 @@ class TraversalConfig:
     preset: str = 'sunny_noon_summer'
     seed: int = 0
     overrides: dict = field(default_factory=dict)  # Condition keys overriding the preset
+    # Where this traversal drives and images relative to the others: lane_offset_m to the right
+    # of the lane centre (m), frame_phase_m metres driven before the first image. Every
+    # traversal otherwise drives the very same path and images it at the same places, so a
+    # traversal held out for testing needs them for its poses not to repeat reference poses.
+    lane_offset_m: float = 0.0
+    frame_phase_m: float = 0.0
 
     def __post_init__(self):
         if not self.name or not all(c.isalnum() or c in '_-' for c in self.name):
             raise ValueError(f'name must be a non-empty [A-Za-z0-9_-] string, got {self.name!r}')
+        if not (math.isfinite(self.lane_offset_m) and abs(self.lane_offset_m) <= 3.0):
+            raise ValueError(f'lane_offset_m must be within [-3, 3] m, got {self.lane_offset_m}')
+        if not (math.isfinite(self.frame_phase_m) and self.frame_phase_m >= 0):
+            raise ValueError(f'frame_phase_m must be >= 0, got {self.frame_phase_m}')
         if self.preset not in PRESETS:
             raise ValueError(f'preset must be one of {", ".join(PRESETS)}, got {self.preset!r}')
 

@@ -116,10 +116,11 @@ def generate(config: SceneConfig, out: str | Path, traversals: list[str] | None 
         for trav in chosen:
             condition = trav.condition()
             rng = np.random.default_rng([config.seed, 10, trav.seed])
-            traj = build_trajectory(centre, offsets, config.vehicle, rate, rng)
+            traj = build_trajectory(centre, offsets, config.vehicle, rate, rng,
+                                    trav.lane_offset_m)
             odo = simulate_odometry(traj, config.odometry,
                                     np.random.default_rng([config.seed, 11, trav.seed]))
-            frames = frame_indices(traj, cam.frame_spacing_m, max_frames)
+            frames = frame_indices(traj, cam.frame_spacing_m, max_frames, trav.frame_phase_m)
             last = int(frames[-1]) + 1 if max_frames else len(traj.t)
             start_ns = (config.start_time_s + index[trav.name] * config.traversal_gap_s) * 10**9
 

@@ -137,11 +137,15 @@ class Trajectory:
 
 
 def build_trajectory(centre: np.ndarray, offsets: np.ndarray, vehicle: VehicleConfig,
-                     rate_hz: float, rng: np.random.Generator) -> Trajectory:
-    """Smooth lane-following trajectory with stops at turns (module docstring)."""
+                     rate_hz: float, rng: np.random.Generator,
+                     lane_offset_m: float = 0.0) -> Trajectory:
+    """Smooth lane-following trajectory with stops at turns (module docstring).
+
+    ``lane_offset_m``: drive this far right of the lane centre (a traversal of its own path).
+    """
     if len(centre) < 2:
         raise ValueError('route is too short to drive')
-    path, offset = _resample(centre, offsets, STEP_M)
+    path, offset = _resample(centre, offsets + lane_offset_m, STEP_M)
     sigma = max(vehicle.corner_smoothing_m / STEP_M, 1e-3)
     smooth = gaussian_filter1d(path, sigma, axis=0, mode='nearest')
     heading = np.unwrap(np.arctan2(*np.gradient(smooth, axis=0)[:, ::-1].T))
@@ -210,9 +214,13 @@ def build_trajectory(centre: np.ndarray, offsets: np.ndarray, vehicle: VehicleCo
     return Trajectory(t, xy, yaw_t, speed, yaw_rate, s)
 
 
-def frame_indices(traj: Trajectory, spacing_m: float, max_frames: int = 0) -> np.ndarray:
-    """Indices of the samples where an image is taken: every ``spacing_m`` metres driven."""
-    marks = np.arange(0.0, traj.s[-1], spacing_m)
+def frame_indices(traj: Trajectory, spacing_m: float, max_frames: int = 0,
+                  phase_m: float = 0.0) -> np.ndarray:
+    """Indices of the samples where an image is taken: every ``spacing_m`` metres driven.
+
+    The first image is taken after ``phase_m`` metres (images between another traversal's).
+    """
+    marks = np.arange(phase_m, traj.s[-1], spacing_m)
     idx = np.searchsorted(traj.s, marks, side='left')
     idx = np.unique(np.clip(idx, 0, len(traj.s) - 1))
     if max_frames:

@@ -1,100 +1,44 @@
-"""Training (paper section 3.2): scores supervised at every level of the candidate search.
+"""ImPosing's training (paper section 3.2): scores supervised at every level of the search.
 
-Runs on one process or under ``torchrun --nproc_per_node=N`` (DistributedDataParallel; gloo on
-CPU, nccl on CUDA). Checkpoints hold the model config, the seed, the maps (normalisation and
-initial candidates), the train config, the optimizer and the history, and training resumes
-from them.
+The loop itself (schedule, precision, progress, checkpoints) is :mod:`.loop`, shared with the
+baselines. Runs on one process or under ``torchrun --nproc_per_node=N``
+(DistributedDataParallel; gloo on CPU, nccl on CUDA). Checkpoints hold the model config, the
+seed, the maps (normalisation and initial candidates), the train config, the optimizer and the
+history, and training resumes from them.
 """
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 import logging
-import math
 import os
 from pathlib import Path
-import time
-from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
-from torchvision.transforms import v2
-from tqdm import tqdm
 
 from imposing_ros.config import config_to_dict
 from imposing_ros.geometry import canonical_poses, MapNormalization, perturb_poses
 from imposing_ros.localization.search import gather_poses, sample_mixture, SearchConfig
-from imposing_ros.model.checkpoint import load_model, read_checkpoint, save_checkpoint
+from imposing_ros.model.checkpoint import load_model, read_checkpoint
 from imposing_ros.model.encoders import cosine, ModelConfig
 from imposing_ros.model.imposing import ImPosing, SceneMap
+from imposing_ros.training.loop import (
+    make_loaders,
+    run_epochs,
+    SceneData,
+    ScheduleConfig,
+    TrainResult,
+)
 from imposing_ros.training.losses import score_loss, target_scores
 
 LOGGER = logging.getLogger('imposing_ros.training')
-LR_SCHEDULES = ('constant', 'cosine')
-PRECISIONS = ('auto', 'fp32', 'bf16')
 # A final-level training batch where fewer than this share of cosines is positive is collapsing:
 # the ReLU score is 0 almost everywhere, so the search has nothing to rank.
 COLLAPSE_POSITIVE_SHARE = 0.01
-
-
-@dataclass(frozen=True)
-class ScheduleConfig:
-    """What every training method shares: epochs, batches, learning-rate schedule, precision."""
-
-    epochs: int = 250
-    batch_size: int = 16
-    # Adam's peak learning rate (paper: 1e-4, constant).
-    lr: float = 1e-4
-    # 'constant' (paper) or 'cosine': decay from lr to lr_final_fraction * lr over the run.
-    lr_schedule: str = 'constant'
-    lr_final_fraction: float = 0.02
-    # Linear warm-up from lr / 10 over the first warmup_epochs epochs (fractional; 0 = none).
-    warmup_epochs: float = 0.0
-    # Arithmetic of the forward pass: 'fp32', 'bf16' (autocast; weights and optimizer stay
-    # fp32) or 'auto': on CUDA bf16 where the GPU supports it; on a CPU, a few timed steps of
-    # each at start-up and the faster one (an AVX-512 CPU without AVX512_BF16 emulates bf16
-    # and runs ~3x slower than fp32, while AMX runs it much faster: only a measurement tells).
-    precision: str = 'auto'
-    # Images in channels-last memory layout (faster convolutions in oneDNN and cuDNN).
-    channels_last: bool = True
-    # Appearance augmentation for day / night / weather change (photometric only: geometric
-    # changes would break the image-pose correspondence).
-    augment: bool = True
-    # Validate (median error on held-out frames) every N epochs; 0 = never.
-    val_every: int = 5
-    val_frames: int = 64
-    checkpoint_every: int = 1
-    num_workers: int = 0
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError('epochs and batch_size must be >= 1')
-        if not 0 < self.lr < 1:
-            raise ValueError(f'lr must be in (0, 1), got {self.lr}')
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f'lr_schedule must be one of {LR_SCHEDULES}, got '
-                             f'{self.lr_schedule!r}')
-        if not 0 < self.lr_final_fraction <= 1 or self.warmup_epochs < 0:
-            raise ValueError('lr_final_fraction must be in (0, 1] and warmup_epochs >= 0')
-        if self.precision not in PRECISIONS:
-            raise ValueError(f'precision must be one of {PRECISIONS}, got {self.precision!r}')
-
-    def lr_factor(self, progress: float) -> float:
-        """Learning rate / ``lr`` at ``progress`` epochs (fractional) into the run."""
-        factor = 1.0
-        if self.lr_schedule == 'cosine':
-            t = min(max(progress / self.epochs, 0.0), 1.0)
-            low = self.lr_final_fraction
-            factor = low + (1 - low) * 0.5 * (1 + math.cos(math.pi * t))
-        if progress < self.warmup_epochs:
-            factor *= 0.1 + 0.9 * progress / self.warmup_epochs
-        return factor
 
 
 @dataclass(frozen=True)
@@ -133,17 +77,6 @@ class TrainConfig(ScheduleConfig):
         return SearchConfig(num_candidates=self.num_candidates, levels=self.levels,
                             top_k=self.top_k, sigma=self.sigma, schedule=self.schedule,
                             num_average=min(256, self.num_candidates))
-
-
-def appearance_augmentation() -> Callable[[torch.Tensor], torch.Tensor]:
-    """Photometric changes of the kind day/night, weather and camera exposure produce."""
-    return v2.Compose([
-        v2.RandomApply([v2.ColorJitter(brightness=0.6, contrast=0.5, saturation=0.6,
-                                       hue=0.05)], p=0.9),
-        v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=0.3),
-        v2.RandomGrayscale(p=0.1),
-        v2.RandomApply([v2.GaussianNoise(sigma=0.03)], p=0.3),
-    ])
 
 
 class ScoreLoss(nn.Module):
@@ -230,23 +163,6 @@ def _distributed() -> tuple[int, int]:
     if world > 1:
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-@dataclass
-class SceneData:
-    """What the trainer needs of one scene: training and validation datasets."""
-
-    train: torch.utils.data.Dataset
-    val: torch.utils.data.Dataset | None
-    reference_poses: np.ndarray
-
-
-class TrainResult(NamedTuple):
-    """What :func:`train` returns: the last checkpoint, the trained model, the history."""
-
-    checkpoint: Path
-    model: ImPosing
-    history: list
 
 
 def train(scenes: dict[str, SceneData], out: str | Path, model_config: ModelConfig,
@@ -337,164 +253,6 @@ def train(scenes: dict[str, SceneData], out: str | Path, model_config: ModelConf
         dist.barrier()
     model.to(memory_format=torch.contiguous_format)
     return TrainResult(last, model, history)
-
-
-def make_loaders(scenes: dict[str, SceneData], cfg, rank: int = 0,
-                 world: int = 1) -> dict[str, DataLoader]:
-    """Shuffled training loaders per scene, with the appearance augmentation of ``cfg``."""
-    augment = appearance_augmentation() if cfg.augment else None
-    loaders = {}
-    for name, s in scenes.items():
-        if len(s.train) == 0:
-            raise ValueError(f'scene {name!r}: the training set is empty')
-        if augment is not None and hasattr(s.train, 'transform'):
-            s.train.transform = augment
-        sampler = DistributedSampler(s.train, world, rank, seed=cfg.seed) if world > 1 else None
-        loaders[name] = DataLoader(
-            s.train, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
-            num_workers=cfg.num_workers, drop_last=len(s.train) >= cfg.batch_size * world,
-            persistent_workers=cfg.num_workers > 0,
-            generator=torch.Generator().manual_seed(cfg.seed))
-    return loaders
-
-
-def run_epochs(model: nn.Module, forward: Callable, loaders: dict[str, DataLoader], cfg,
-               out: Path, history: list, start_epoch: int, stop_after: int | None,
-               optimizer_state: dict | None, end_of_epoch: Callable[[dict], dict],
-               rank: int = 0, save_extra: dict | None = None) -> list:
-    """The training loop shared by every method: schedule, precision, progress, checkpoints.
-
-    ``forward(images, poses, scene, trial=False) -> (loss, stats)`` is one step's forward pass
-    (its float ``stats`` are averaged over the epoch into the record; ``trial``: a step of the
-    precision measurement, which must not advance training's random streams); ``cfg`` is a
-    :class:`ScheduleConfig`. ``end_of_epoch(record)`` returns validation entries (on rank 0), whose
-    ``val_median_m`` selects ``best.pt``. ``model`` must be saveable by
-    :func:`~imposing_ros.model.checkpoint.save_checkpoint`. Returns the history.
-    """
-    device = next(model.parameters()).device
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
-    steps_per_epoch = sum(len(loader) for loader in loaders.values())
-    precision = cfg.precision
-    if precision == 'auto':
-        name, (images, poses) = next(_interleave(loaders))
-        images = images.to(device, memory_format=memory_format)
-        precision = choose_precision(
-            lambda: forward(images, poses.to(device), name, trial=True)[0], model)
-    LOGGER.info('training in %s on %s (%s), %d steps an epoch', precision, device,
-                'channels-last' if cfg.channels_last else 'contiguous', steps_per_epoch)
-    best = min((h['val_median_m'] for h in history if 'val_median_m' in h), default=math.inf)
-    end_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)
-    for epoch in range(start_epoch, end_epoch):
-        model.train()
-        for loader in loaders.values():
-            if isinstance(loader.sampler, DistributedSampler):
-                loader.sampler.set_epoch(epoch)
-        t0, losses, stats = time.perf_counter(), [], {}
-        bar = tqdm(_interleave(loaders), desc=f'epoch {epoch + 1}/{cfg.epochs}', leave=False,
-                   total=steps_per_epoch, disable=True if rank else None,
-                   dynamic_ncols=True)  # None: off if no tty
-        for i, (name, (images, poses)) in enumerate(bar):
-            for group in optimizer.param_groups:
-                group['lr'] = cfg.lr * cfg.lr_factor(epoch + i / steps_per_epoch)
-            with _autocast(precision, device):
-                loss, step_stats = forward(images.to(device, memory_format=memory_format),
-                                           poses.to(device), name)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-            for key, value in step_stats.items():
-                stats.setdefault(key, []).append(value)
-            bar.set_postfix(loss=f'{losses[-1]:.4f}')
-            if bar.disable and rank == 0 and len(losses) % 100 == 0:  # no tty: log progress
-                elapsed = time.perf_counter() - t0
-                left = elapsed / len(losses) * (steps_per_epoch * (cfg.epochs - epoch)
-                                                - len(losses))
-                LOGGER.info('epoch %d step %d/%d: loss %.4f, %.2f s/step, %.1f frames/s, '
-                            'ETA %s', epoch + 1, len(losses), steps_per_epoch,
-                            np.mean(losses[-100:]), elapsed / len(losses),
-                            len(losses) * cfg.batch_size / elapsed, _hms(left))
-        seconds = time.perf_counter() - t0
-        record = {'epoch': epoch + 1, 'loss': float(np.mean(losses)) if losses else math.nan,
-                  'seconds': seconds, 'frames_per_s': len(losses) * cfg.batch_size / seconds,
-                  'lr': optimizer.param_groups[0]['lr'],
-                  **{k: float(np.mean(v)) for k, v in stats.items()}}
-        is_best = False
-        if rank == 0:
-            model.eval()
-            record.update(end_of_epoch(record))
-            model.train()
-            if record.get('val_median_m', math.inf) < best:
-                best, is_best = record['val_median_m'], True
-        history.append(record)
-        if rank == 0:
-            LOGGER.info('epoch %d: %s', epoch + 1,
-                        ', '.join(f'{k} {v:.4g}' for k, v in record.items() if k != 'epoch'))
-            extra = dict(train_config=config_to_dict(cfg), epoch=epoch + 1, history=history,
-                         optimizer=optimizer.state_dict(), **(save_extra or {}))
-            if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
-                save_checkpoint(out / 'last.pt', model, cfg.seed, **extra)
-            if is_best:  # weights for use, no optimizer state: a third of the size
-                save_checkpoint(out / 'best.pt', model, cfg.seed,
-                                **{k: v for k, v in extra.items() if k != 'optimizer'})
-    return history
-
-
-def _hms(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
-
-
-def _autocast(precision: str, device: torch.device):
-    """bf16 autocast region for ``precision == 'bf16'``, else nothing."""
-    if precision == 'bf16':
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def choose_precision(step: Callable[[], torch.Tensor], model: nn.Module,
-                     repeats: int = 3) -> str:
-    """'bf16' or 'fp32' for training ``model`` with ``step() -> loss``, by measurement on a CPU.
-
-    CUDA: bf16 where the GPU supports it. CPU: ``repeats`` timed forward + backward passes of
-    each after one warm-up, on a real batch; bf16 only if at least 10 % faster. The weights are
-    not changed (gradients cleared, batch-norm statistics restored).
-    """
-    device = next(model.parameters()).device
-    if device.type == 'cuda':
-        return 'bf16' if torch.cuda.is_bf16_supported() else 'fp32'
-    saved = {k: v.clone() for k, v in model.state_dict().items()}  # batch-norm statistics
-    seconds = {}
-    for precision in ('fp32', 'bf16'):
-        times = []
-        for _ in range(repeats + 1):
-            t0 = time.perf_counter()
-            with _autocast(precision, device):
-                loss = step()
-            loss.backward()
-            times.append(time.perf_counter() - t0)
-        model.zero_grad(set_to_none=True)
-        seconds[precision] = float(np.median(times[1:]))
-    model.load_state_dict(saved)
-    choice = 'bf16' if seconds['bf16'] < 0.9 * seconds['fp32'] else 'fp32'
-    LOGGER.info('training precision by measurement: fp32 %.3f s, bf16 %.3f s a step -> %s',
-                seconds['fp32'], seconds['bf16'], choice)
-    return choice
-
-
-def _interleave(loaders: dict[str, DataLoader]):
-    """Batches ``(scene, batch)`` of every scene, alternating scenes, loaded lazily."""
-    iterators = {name: iter(loader) for name, loader in loaders.items()}
-    while iterators:
-        for name in list(iterators):
-            batch = next(iterators[name], None)
-            if batch is None:
-                del iterators[name]
-            else:
-                yield name, batch
 
 
 @torch.no_grad()
