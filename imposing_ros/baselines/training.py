@@ -31,12 +31,12 @@ from imposing_ros.baselines.models import (
     load_baseline,
     RetrievalNet,
 )
-from imposing_ros.config import config_to_dict
 from imposing_ros.geometry import canonical_quat
 from imposing_ros.model.checkpoint import read_checkpoint, save_checkpoint
 from imposing_ros.training.loop import (
     appearance_augmentation,
     make_loaders,
+    read_resumable,
     run_epochs,
     SceneData,
     ScheduleConfig,
@@ -169,12 +169,7 @@ def train_baseline(scenes: dict[str, SceneData], out: str | Path, model_config: 
     torch.manual_seed(cfg.seed)
     history, start_epoch, optimizer_state = [], 0, None
     if resume and last.is_file():
-        saved = read_checkpoint(last)
-        if {k: v for k, v in saved.get('train_config', {}).items() if k != 'epochs'} != \
-                {k: v for k, v in config_to_dict(cfg).items() if k != 'epochs'} or \
-                saved['model_config'] != config_to_dict(model_config):
-            raise ValueError(f'{last}: exists with other configs; pass --no-resume or another '
-                             f'output directory')
+        saved = read_resumable(last, cfg, model_config)
         model, _ = load_baseline(last, device)
         start_epoch, history = int(saved['epoch']), list(saved.get('history', []))
         optimizer_state = saved.get('optimizer')

@@ -24,7 +24,7 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from imposing_ros.config import config_to_dict
-from imposing_ros.model.checkpoint import save_checkpoint
+from imposing_ros.model.checkpoint import read_checkpoint, save_checkpoint
 
 LOGGER = logging.getLogger('imposing_ros.training')
 LR_SCHEDULES = ('constant', 'cosine')
@@ -112,6 +112,23 @@ class TrainResult(NamedTuple):
     checkpoint: Path
     model: nn.Module
     history: list
+
+
+def read_resumable(last: Path, train_config, model_config) -> dict:
+    """The checkpoint ``last`` to resume, refused when it was made with other configs.
+
+    The epoch count may differ (a run may be continued for longer).
+    """
+    data = read_checkpoint(last)
+
+    def same(saved, current):
+        return {k: v for k, v in (saved or {}).items() if k != 'epochs'} == \
+            {k: v for k, v in config_to_dict(current).items() if k != 'epochs'}
+    if not same(data.get('train_config'), train_config) or \
+            not same(data['model_config'], model_config):
+        raise ValueError(f'{last}: exists with other configs; pass resume=False (--no-resume) '
+                         f'or another output directory')
+    return data
 
 
 def make_loaders(scenes: dict[str, SceneData], cfg, rank: int = 0,

@@ -23,11 +23,12 @@ from torch.nn.parallel import DistributedDataParallel
 from imposing_ros.config import config_to_dict
 from imposing_ros.geometry import canonical_poses, MapNormalization, perturb_poses
 from imposing_ros.localization.search import gather_poses, sample_mixture, SearchConfig
-from imposing_ros.model.checkpoint import load_model, read_checkpoint
+from imposing_ros.model.checkpoint import load_model
 from imposing_ros.model.encoders import cosine, ModelConfig
 from imposing_ros.model.imposing import ImPosing, SceneMap
 from imposing_ros.training.loop import (
     make_loaders,
+    read_resumable,
     run_epochs,
     SceneData,
     ScheduleConfig,
@@ -191,15 +192,7 @@ def train(scenes: dict[str, SceneData], out: str | Path, model_config: ModelConf
     history: list[dict] = []
     start_epoch = 0
     if resume and last.is_file():
-        data = read_checkpoint(last)
-
-        def same(saved, current):  # the epoch count may grow to train longer
-            return {k: v for k, v in (saved or {}).items() if k != 'epochs'} == \
-                {k: v for k, v in config_to_dict(current).items() if k != 'epochs'}
-        if not same(data.get('train_config'), cfg) or \
-                not same(data['model_config'], model_config):
-            raise ValueError(f'{last}: exists with other configs; pass resume=False or another '
-                             f'output directory')
+        data = read_resumable(last, cfg, model_config)
         model, _ = load_model(last, device)
         start_epoch, history = int(data['epoch']), list(data.get('history', []))
         optimizer_state = data.get('optimizer')
