@@ -54,3 +54,17 @@ def cpu_description() -> str:
         pass
     present = ' '.join(f for f in SPEED_FLAGS if f in flags) or 'none of ' + ' '.join(SPEED_FLAGS)
     return f'{model}, {os.cpu_count()} cores, flags: {present}'
+
+
+def resolve_device(device: str | None) -> str:
+    """``auto``, '' or ``None``: 'cuda' where CUDA is available, else 'cpu'.
+
+    A CUDA device where CUDA is not available is a ValueError.
+    """
+    import torch  # here: the other helpers are used where torch is not imported
+
+    if device in (None, '', 'auto'):
+        return 'cuda' if torch.cuda.is_available() else 'cpu'
+    if str(device).startswith('cuda') and not torch.cuda.is_available():
+        raise ValueError(f'device {device} requested but CUDA is not available')
+    return str(device)

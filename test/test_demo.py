@@ -17,8 +17,8 @@ pytest.importorskip('rclpy')
 rosbags = pytest.importorskip('rosbags')
 cv2 = pytest.importorskip('cv2')
 
+from node_harness import build_tiny_checkpoint  # noqa: E402
 from rosbags.typesys.stores import ros2_kilted as kilted  # noqa: E402
-from test_localizer_node import build_tiny_checkpoint  # noqa: E402
 
 from imposing_ros.geometry import (  # noqa: E402
     matrix_to_quat_xyzw,

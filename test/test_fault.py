@@ -21,9 +21,9 @@ rclpy = pytest.importorskip('rclpy')
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from geometry_msgs.msg import PoseWithCovarianceStamped  # noqa: E402
 from nav_msgs.msg import Odometry  # noqa: E402
+from node_harness import build_tiny_checkpoint  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
-from test_localizer_node import build_tiny_checkpoint  # noqa: E402
 
 DOMAIN = '86'
 FILTER = 'imposing_motion_filter'

@@ -17,7 +17,7 @@ import pytest
 rclpy = pytest.importorskip('rclpy')
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from test_localizer_node import build_tiny_checkpoint  # noqa: E402
+from node_harness import build_tiny_checkpoint  # noqa: E402
 
 from imposing_ros.nodes import node_set  # noqa: E402
 

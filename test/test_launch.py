@@ -237,7 +237,7 @@ def test_launch_brings_localizer_to_active_and_localizes(tmp_path):
     from launch.actions import IncludeLaunchDescription
     from launch.launch_description_sources import PythonLaunchDescriptionSource
     from lifecycle_msgs.msg import State
-    from test_localizer_node import _localize, build_tiny_checkpoint, Harness
+    from node_harness import build_tiny_checkpoint, Harness, localize
 
     model, road = build_tiny_checkpoint(tmp_path / 'tiny.pt')
     params = tmp_path / 'params.yaml'
@@ -263,7 +263,7 @@ def test_launch_brings_localizer_to_active_and_localizes(tmp_path):
                 pass
             assert time.monotonic() < deadline, 'the launched localizer never became active'
             time.sleep(0.5)
-        _localize(harness, road)
+        localize(harness, road)
     finally:
         harness.close()
         service.shutdown()
@@ -331,7 +331,7 @@ def _filter_file(folder):
 def test_run_stops_cleanly_after_its_duration(tmp_path):
     import subprocess
 
-    from test_localizer_node import build_tiny_checkpoint
+    from node_harness import build_tiny_checkpoint
 
     model, _ = build_tiny_checkpoint(tmp_path / 'tiny.pt')
     env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST', ROS_DOMAIN_ID='84',

@@ -7,10 +7,6 @@ bounded; each test leaves the node active.
 """
 
 import math
-import os
-from pathlib import Path
-import subprocess
-import sys
 import threading
 import time
 
@@ -19,20 +15,24 @@ import pytest
 
 rclpy = pytest.importorskip('rclpy')
 
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from geometry_msgs.msg import PoseWithCovarianceStamped  # noqa: E402
 from lifecycle_msgs.msg import State, Transition  # noqa: E402
-from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
-from rcl_interfaces.srv import SetParameters  # noqa: E402
+from node_harness import (  # noqa: E402
+    build_tiny_checkpoint,
+    frame,
+    Harness,
+    IMAGE_TOPIC,
+    localize,
+    NODE,
+    NodeProcess,
+    PRIOR_TOPIC,
+    raw_image,
+)
 from rclpy.duration import Duration  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
-from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from rclpy.time import Time  # noqa: E402
 from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
-from std_msgs.msg import Float32  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
-from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
+from visualization_msgs.msg import Marker  # noqa: E402
 
 from imposing_ros.data.images import (  # noqa: E402
     ImageConversionError,
@@ -45,46 +45,20 @@ from imposing_ros.geometry import (  # noqa: E402
 )
 from imposing_ros.runtime.select import CPU_AUTO_BACKENDS  # noqa: E402
 
-NODE = 'imposing_localizer'
-IMAGE_TOPIC = '/camera/image_raw'
-PRIOR_TOPIC = '/imposing_motion_filter/prior'
-
-
-def build_tiny_checkpoint(path, length=100.0):
-    """A random tiny model over a SyntheticRoad map, saved as a real checkpoint."""
-    from imposing_ros.data.synthetic import SyntheticRoad
-    from imposing_ros.model.checkpoint import save_checkpoint
-    from imposing_ros.model.encoders import ModelConfig
-    from imposing_ros.model.imposing import ImPosing
-    from imposing_ros.training.trainer import build_scene_map
-
-    road = SyntheticRoad(length=length)
-    scene_map = build_scene_map(road.reference_poses(2.0), 256, seed=0)
-    config = ModelConfig(backbone='resnet18', dim=32, image_size=(32, 64), pose_layers=2,
-                         pose_width=64)
-    return save_checkpoint(path, ImPosing(config, {'road': scene_map}), seed=0), road
-
-
 # --- pure helpers (no DDS) --------------------------------------------------------------------
-
-def _raw(array, encoding='rgb8', step=None):
-    height, width = array.shape[:2]
-    step = step or array.strides[0]
-    return Image(height=height, width=width, encoding=encoding, step=step,
-                 data=array.tobytes())
-
 
 def test_image_conversion_raw_compressed_and_padding():
     cv2 = pytest.importorskip('cv2')
     rgb = np.random.default_rng(0).integers(0, 255, (6, 5, 3), dtype=np.uint8)
-    assert np.array_equal(message_to_rgb(_raw(rgb)), rgb)
-    assert np.array_equal(message_to_rgb(_raw(rgb[:, :, ::-1].copy(), 'bgr8')), rgb)
+    assert np.array_equal(message_to_rgb(raw_image(rgb)), rgb)
+    assert np.array_equal(message_to_rgb(raw_image(rgb[:, :, ::-1].copy(), 'bgr8')), rgb)
     padded = np.zeros((6, 20), np.uint8)
     padded[:, :15] = rgb.reshape(6, 15)
     padded_msg = Image(height=6, width=5, encoding='rgb8', step=20, data=padded.tobytes())
     assert np.array_equal(message_to_rgb(padded_msg), rgb)
     mono = rgb[:, :, 0].copy()
-    assert np.array_equal(message_to_rgb(_raw(mono, 'mono8')), np.repeat(mono[:, :, None], 3, 2))
+    assert np.array_equal(message_to_rgb(raw_image(mono, 'mono8')),
+                          np.repeat(mono[:, :, None], 3, 2))
     ok, png = cv2.imencode('.png', rgb[:, :, ::-1])
     assert np.array_equal(message_to_rgb(CompressedImage(format='png', data=png.tobytes())), rgb)
 
@@ -107,161 +81,6 @@ def test_image_conversion_refuses_bad_messages(msg, reason):
 
 
 # --- the node over DDS ------------------------------------------------------------------------
-
-class Harness:
-    """A test node in this process: publishers, recorders and service clients."""
-
-    def __init__(self):
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node('localizer_test_harness', context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.cond = threading.Condition()
-        self.poses, self.markers, self.scores, self.diagnostics = [], [], [], []
-        n = self.node
-        n.create_subscription(PoseWithCovarianceStamped, f'/{NODE}/pose',
-                              self._record(self.poses), 50)
-        n.create_subscription(MarkerArray, f'/{NODE}/candidates', self._record(self.markers), 50)
-        n.create_subscription(Float32, f'/{NODE}/score', self._record(self.scores), 50)
-        n.create_subscription(DiagnosticArray, '/diagnostics', self._record(self.diagnostics), 50)
-        self.image_pub = n.create_publisher(Image, IMAGE_TOPIC, qos_profile_sensor_data)
-        self.prior_pub = n.create_publisher(PoseWithCovarianceStamped, PRIOR_TOPIC, 10)
-        self.initial_pub = n.create_publisher(PoseWithCovarianceStamped, '/initialpose', 10)
-        self.change = n.create_client(ChangeState, f'/{NODE}/change_state')
-        self.get_state = n.create_client(GetState, f'/{NODE}/get_state')
-        self.set_params = n.create_client(SetParameters, f'/{NODE}/set_parameters')
-        self.relocalize = n.create_client(Trigger, f'/{NODE}/relocalize')
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
-
-    def _record(self, store):
-        def callback(msg):
-            with self.cond:
-                store.append((time.monotonic(), msg))
-                self.cond.notify_all()
-        return callback
-
-    def wait_for(self, predicate, timeout=20.0, what='condition'):
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while not predicate():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f'timed out after {timeout} s waiting for {what}')
-                self.cond.wait(min(left, 0.1))
-
-    def call(self, client, request, timeout=30.0):
-        assert client.wait_for_service(timeout_sec=timeout), f'{client.srv_name} not available'
-        future = client.call_async(request)
-        deadline = time.monotonic() + timeout
-        while not future.done():
-            assert time.monotonic() < deadline, f'{client.srv_name} did not answer'
-            time.sleep(0.01)
-        return future.result()
-
-    def transition(self, transition_id):
-        return self.call(self.change, ChangeState.Request(
-            transition=Transition(id=transition_id))).success
-
-    def state(self):
-        return self.call(self.get_state, GetState.Request()).current_state.id
-
-    def set_param(self, name, value):
-        msg = Parameter(name, value=value).to_parameter_msg()
-        result = self.call(self.set_params, SetParameters.Request(parameters=[msg]))
-        return result.results[0]
-
-    def now(self):
-        return self.node.get_clock().now()
-
-    def publish_image(self, rgb, stamp=None, **override):
-        msg = _raw(rgb)
-        for key, value in override.items():
-            setattr(msg, key, value)
-        msg.header.stamp = (stamp or self.now()).to_msg()
-        msg.header.frame_id = 'camera_optical_frame'
-        self.image_pub.publish(msg)
-        return msg.header.stamp
-
-    def pose_msg(self, xyz, yaw, frame='map', stamp=None,
-                 var=(1.0, 1.0, 0.01, 0.001, 0.001, 0.05)):
-        msg = PoseWithCovarianceStamped()
-        msg.header.frame_id = frame
-        msg.header.stamp = (stamp or self.now()).to_msg()
-        p = msg.pose.pose
-        p.position.x, p.position.y, p.position.z = (float(v) for v in xyz)
-        p.orientation.z, p.orientation.w = math.sin(yaw / 2), math.cos(yaw / 2)
-        msg.pose.covariance = np.diag(var).reshape(-1).tolist()
-        return msg
-
-    def poses_with_stamp(self, stamp):
-        with self.cond:
-            return [m for _, m in self.poses if m.header.stamp == stamp]
-
-    def labels(self, since=0.0):
-        """Mode labels ('global'/'tracking') of candidate arrays received after ``since``."""
-        with self.cond:
-            out = []
-            for t, array in self.markers:
-                if t < since:
-                    continue
-                for marker in array.markers:
-                    if marker.type == Marker.TEXT_VIEW_FACING:
-                        out.append(marker.text.split()[0])
-            return out
-
-    def diag_values(self):
-        with self.cond:
-            for _, array in reversed(self.diagnostics):
-                for status in array.status:
-                    if status.name.startswith(NODE):
-                        return {kv.key: kv.value for kv in status.values}
-        return {}
-
-    def close(self):
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
-
-
-class NodeProcess:
-    """The localizer's real executable in a child process, its log kept in a file."""
-
-    def __init__(self, params_file, log_path):
-        self.log_path = Path(log_path)
-        env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
-        self.log = open(self.log_path, 'w')
-        self.proc = subprocess.Popen(
-            [sys.executable, '-m', 'imposing_ros.nodes.localizer_node', '--ros-args',
-             '--params-file', str(params_file)],
-            stdout=self.log, stderr=subprocess.STDOUT, env=env)
-
-    def text(self):
-        return self.log_path.read_text()
-
-    def wait_log(self, needle, timeout=10.0):
-        deadline = time.monotonic() + timeout
-        while needle not in self.text():
-            assert self.proc.poll() is None, f'node died:\n{self.text()[-3000:]}'
-            assert time.monotonic() < deadline, f'{needle!r} not logged:\n{self.text()[-3000:]}'
-            time.sleep(0.05)
-
-    def rss_mb(self):
-        for line in Path(f'/proc/{self.proc.pid}/status').read_text().splitlines():
-            if line.startswith('VmRSS:'):
-                return int(line.split()[1]) / 1024
-        raise AssertionError('no VmRSS')
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
-
 
 @pytest.fixture(scope='module')
 def tiny_model(tmp_path_factory):
@@ -303,27 +122,10 @@ def running(tiny_model, tmp_path_factory):
         process.stop()
 
 
-def _frame(road, x=30.0, forward=True):
-    return road.image(x, forward)
-
-
-def _localize(harness, road, x=30.0, attempts=5):
-    """Publish frames until one comes back as a pose; return (stamp, pose message)."""
-    for _ in range(attempts):
-        stamp = harness.publish_image(_frame(road, x))
-        try:
-            harness.wait_for(lambda s=stamp: harness.poses_with_stamp(s), timeout=5.0,
-                             what='pose')
-        except AssertionError:
-            continue  # best-effort image QoS: a frame may be lost, send another
-        return stamp, harness.poses_with_stamp(stamp)[0]
-    raise AssertionError('no pose for any of the frames sent')
-
-
 @pytest.mark.ros
 def test_image_in_pose_out(running):
     harness, process, road, _ = running
-    stamp, pose = _localize(harness, road)
+    stamp, pose = localize(harness, road)
     assert pose.header.frame_id == 'map'
     assert pose.header.stamp == stamp
     cov = np.asarray(pose.pose.covariance).reshape(6, 6)
@@ -364,13 +166,13 @@ def test_pose_is_base_link_through_extrinsic(running):
     from imposing_ros.localization.search import SearchConfig
 
     harness, _, road, model = running
-    stamp, pose = _localize(harness, road, x=45.0)
+    stamp, pose = localize(harness, road, x=45.0)
     config = LocalizerConfig(search=SearchConfig(num_candidates=256, levels=3, top_k=16,
                                                  num_average=32), tracking_levels=2)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the node (OMP_NUM_THREADS=1): same arithmetic
     try:
-        result = Localizer.from_checkpoint(model, None, config).localize(_frame(road, 45.0))
+        result = Localizer.from_checkpoint(model, None, config).localize(frame(road, 45.0))
     finally:
         torch.set_num_threads(threads)
     extrinsic = extrinsic_matrix([1.0, 0.0, 1.5], [0.0, 0.0, 0.0], optical=False)
@@ -396,7 +198,7 @@ def test_tracking_relocalize_and_low_score_fallback(running):
         prior = harness.pose_msg(truth[:3] - [1.0, 0.0, 1.5], 0.0, stamp=stamp)
         harness.prior_pub.publish(prior)
         time.sleep(0.02)  # let the prior arrive before its image (different topics)
-        harness.publish_image(_frame(road), stamp=stamp)
+        harness.publish_image(frame(road), stamp=stamp)
         time.sleep(0.15)
         return stamp.to_msg()
 
@@ -448,7 +250,7 @@ def test_initial_pose_seeds_tracking_and_bad_ones_are_refused(running):
     harness.initial_pub.publish(harness.pose_msg(truth[:3], 0.0))
     process.wait_log('initial pose received at (60.0')
     start = time.monotonic()
-    _localize(harness, road, x=60.0)
+    localize(harness, road, x=60.0)
     # The markers of that frame may arrive just after its pose: wait for them (bounded).
     deadline = time.monotonic() + 10.0
     while not harness.labels(start) and time.monotonic() < deadline:
@@ -459,8 +261,8 @@ def test_initial_pose_seeds_tracking_and_bad_ones_are_refused(running):
 @pytest.mark.ros
 def test_bad_images_and_stamps_are_refused_and_node_survives(running):
     harness, process, road, _ = running
-    rgb = _frame(road)
-    _localize(harness, road)
+    rgb = frame(road)
+    localize(harness, road)
     bad = [
         ('bad image', dict(encoding='32FC1')),
         ('bad image', dict(height=0, width=0, step=0, data=b'')),
@@ -480,7 +282,7 @@ def test_bad_images_and_stamps_are_refused_and_node_survives(running):
     harness.wait_for(lambda: int(harness.diag_values().get('rejected: stale', 0)) >= 1,
                      what='stale refusal')
     # Time going backwards: a frame older than the last processed one (but not stale).
-    last_stamp, _ = _localize(harness, road)
+    last_stamp, _ = localize(harness, road)
     back = Time.from_msg(last_stamp) - Duration(seconds=0.3)
     back_stamp = harness.publish_image(rgb, stamp=back)
     harness.wait_for(lambda: int(harness.diag_values().get('rejected: out of order', 0)) >= 1,
@@ -492,7 +294,7 @@ def test_bad_images_and_stamps_are_refused_and_node_survives(running):
                      what='future refusal')
     assert not harness.poses_with_stamp(future)
     # Still alive and localizing.
-    _localize(harness, road)
+    localize(harness, road)
     assert process.proc.poll() is None
 
 
@@ -538,7 +340,7 @@ def test_lifecycle_and_bad_model(running, tmp_path):
     while harness.image_pub.get_subscription_count() == 0:
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    _localize(harness, road)
+    localize(harness, road)
 
 
 @pytest.mark.ros
@@ -549,7 +351,7 @@ def test_load_200hz_for_10s(running):
     rng = np.random.default_rng(0)
     frames = [np.ascontiguousarray(np.repeat(np.repeat(road.image(float(x), True), 4, 0), 3,
                                              1)[:120, :160]) for x in rng.uniform(0, 100, 8)]
-    _localize(harness, road)
+    localize(harness, road)
     with harness.cond:
         first_pose = len(harness.poses)
     skipped_before = int(harness.diag_values().get('frames skipped', 0))

@@ -22,13 +22,13 @@ pytest.importorskip('tf2_msgs.msg', reason='tf2_msgs is not installed (tools/bui
 
 from geometry_msgs.msg import TransformStamped  # noqa: E402
 from lifecycle_msgs.msg import Transition  # noqa: E402
-from rclpy.duration import Duration  # noqa: E402
-from test_localizer_node import (  # noqa: E402
-    _frame,
+from node_harness import (  # noqa: E402
     build_tiny_checkpoint,
+    frame,
     Harness,
     NODE,
 )
+from rclpy.duration import Duration  # noqa: E402
 from tf2_msgs.msg import TFMessage  # noqa: E402
 
 from imposing_ros.data.pose_track import slerp  # noqa: E402
@@ -193,7 +193,7 @@ def test_map_odom_on_tf_and_extrinsic_on_tf_static(node_without_tf2_ros):
         harness.tf_pub.publish(TFMessage(transforms=[
             _odom_base(stamp + Duration(seconds=0.1), after)]))
         time.sleep(0.05)  # let /tf arrive before the image (different topics)
-        image_stamp = harness.publish_image(_frame(road, 30.0), stamp=stamp)
+        image_stamp = harness.publish_image(frame(road, 30.0), stamp=stamp)
         try:
             harness.wait_for(lambda s=image_stamp: _map_odom(tf, s) and
                              harness.poses_with_stamp(s), timeout=5.0,

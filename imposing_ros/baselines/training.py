@@ -43,6 +43,7 @@ from imposing_ros.training.loop import (
     TrainResult,
 )
 from imposing_ros.training.trainer import build_scene_map
+from imposing_ros.utils import resolve_device
 
 LOGGER = logging.getLogger('imposing_ros.training')
 
@@ -165,7 +166,7 @@ def train_baseline(scenes: dict[str, SceneData], out: str | Path, model_config: 
     scene, data = next(iter(scenes.items()))
     cfg, out = train_config, Path(out)
     last = out / 'last.pt'
-    device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    device = torch.device(resolve_device(device))
     torch.manual_seed(cfg.seed)
     history, start_epoch, optimizer_state = [], 0, None
     if resume and last.is_file():

@@ -92,3 +92,37 @@ def check_pose_with_covariance(msg: PoseWithCovarianceStamped, frame: str
     if (np.diag(covariance) < 0).any() or not np.allclose(covariance, covariance.T, atol=1e-9):
         raise ValueError('covariance is not symmetric with a non-negative diagonal')
     return pose_to_matrix(values), covariance
+
+
+# A map frame name may hold this placeholder: one map frame per scene of a multi-scene model.
+SCENE_PLACEHOLDER = '{scene}'
+
+
+def check_map_frame(value) -> str | None:
+    """Parameter check of a map frame pattern: non-empty, at most one ``{scene}``."""
+    if not value:
+        return 'must not be empty'
+    rest = value.replace(SCENE_PLACEHOLDER, '', 1)
+    if '{' in rest or '}' in rest:
+        return f'may hold one {SCENE_PLACEHOLDER} placeholder and no other braces'
+    return None
+
+
+def scene_frame(pattern: str, scene: str) -> str:
+    """The map frame of ``scene``: ``pattern`` with ``{scene}`` replaced (e.g. map_{scene})."""
+    return pattern.replace(SCENE_PLACEHOLDER, scene)
+
+
+def frame_scene(pattern: str, frame: str) -> str | None:
+    """The scene whose map frame is ``frame`` under ``pattern``, or ``None``.
+
+    A pattern without ``{scene}`` gives '' for ``frame == pattern`` (the only scene).
+    """
+    frame = frame.lstrip('/')
+    if SCENE_PLACEHOLDER not in pattern:
+        return '' if frame == pattern else None
+    prefix, suffix = pattern.split(SCENE_PLACEHOLDER, 1)
+    if len(frame) > len(prefix) + len(suffix) and frame.startswith(prefix) and \
+            frame.endswith(suffix):
+        return frame[len(prefix):len(frame) - len(suffix)]
+    return None

@@ -1,28 +1,19 @@
 """Lifecycle node ``imposing_localizer``: camera images in, base_link pose in the map out.
 
-A thin adapter around :class:`imposing_ros.localization.localizer.Localizer` (no ROS there):
+A thin adapter around :class:`imposing_ros.localization.scenes.SceneLocalizer` (no ROS there).
+``on_configure`` reads the parameters and loads the model (a bad one fails the transition with
+one error and can be configured again); ``on_activate`` subscribes; ``on_deactivate``
+unsubscribes; ``on_cleanup`` frees the model. Images go through a one-slot
+:class:`~imposing_ros.nodes.mailbox.Mailbox` from the input callback group to the inference one:
+inference always takes the newest frame and never queues.
 
-* ``on_configure`` reads the parameters and loads the model (a missing or broken checkpoint
-  fails the transition with one error; the node stays unconfigured and can be configured again);
-  ``on_activate`` subscribes; ``on_deactivate`` unsubscribes; ``on_cleanup`` frees the model.
-* No subscription has QoS event handlers, not even rclpy's ``/clock`` one under ``use_sim_time``
-  (:mod:`imposing_ros.nodes.events`: with them the executor spins and starves inference).
-* Images arrive (best effort or reliable, depth 1) in the input callback group, which keeps
-  only the newest message in a one-slot mailbox (an overwritten frame counts as skipped) and
-  wakes the inference callback group through a guard condition. Inference therefore always
-  works on the newest frame and never queues, whatever the camera rate.
-* The method localizes the camera *body* frame (``T_map_camera``); ``~/pose`` carries base_link
-  in the map frame, like AMCL: ``T_map_base = T_map_camera @ T_camera_base`` with the camera
-  extrinsic ``T_base_camera`` (parameters, or TF ``base_frame -> camera_frame``).
-
-The covariance is carried to base_link through the lever arm of the extrinsic
-(:func:`imposing_ros.geometry.compose_covariance`).
-
-Modes: *global* (the paper: level-0 candidates from the map's reference poses) and *tracking*
-(a recent prior, from ``/initialpose`` once or from the motion filter, seeds the candidates with
-its covariance and ``tracking.levels`` levels run). A best score under ``min_score`` publishes no
-pose and makes the next frame global; ``~/relocalize`` forces a global search on the next frame.
-A frame that is rejected or fails publishes nothing but diagnostics.
+The method localizes the camera body frame (``T_map_camera``); ``~/pose`` carries base_link
+like AMCL: ``T_map_base = T_map_camera @ inv(T_base_camera)``, the covariance carried through the
+extrinsic's lever arm. Global frames search the map; a prior (``/initialpose`` once, or the
+motion filter's) seeds a tracking search. A score under ``min_score`` publishes no pose and makes
+the next frame global, as does ``~/relocalize``. With ``scene: auto`` global frames search every
+scene of the model; each scene has its map frame (``map_frame`` holding ``{scene}``); the scene
+in use is on ``~/scene`` and ``/diagnostics``. Inputs, outputs and QoS: docs/robot.md.
 """
 
 from __future__ import annotations
@@ -30,26 +21,14 @@ from __future__ import annotations
 import threading
 import time
 
-from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseWithCovarianceStamped
 import numpy as np
-import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.logging import get_logger
-from rclpy.qos import (
-    QoSDurabilityPolicy,
-    QoSHistoryPolicy,
-    QoSProfile,
-    QoSReliabilityPolicy,
-)
 from rclpy.time import Time
-from sensor_msgs.msg import CompressedImage, Image
-from std_msgs.msg import Float32
+from std_msgs.msg import String
 from std_srvs.srv import Trigger
-from visualization_msgs.msg import MarkerArray
 
 from imposing_ros.data.images import BACKEND as IMAGE_BACKEND
 from imposing_ros.data.images import ImageConversionError, message_to_rgb
@@ -58,14 +37,19 @@ from imposing_ros.geometry import (
     matrix_to_pose,
     pose_to_matrix,
 )
+from imposing_ros.localization.priors import PriorBook
 from imposing_ros.nodes import params
-from imposing_ros.nodes.conversions import check_pose_with_covariance
+from imposing_ros.nodes.conversions import (
+    scene_frame,
+    SCENE_PLACEHOLDER,
+)
+from imposing_ros.nodes.entry import spin
 from imposing_ros.nodes.events import QuietSubscriptions
 from imposing_ros.nodes.frame_gate import FrameGate
+from imposing_ros.nodes.localizer_inputs import image_topic, map_pose, subscribe
 from imposing_ros.nodes.localizer_outputs import (
-    candidate_markers,
     localization_status,
-    pose_message,
+    Outputs,
     Stats,
 )
 from imposing_ros.nodes.localizer_params import (
@@ -75,12 +59,12 @@ from imposing_ros.nodes.localizer_params import (
     PARAMETERS,
     Settings,
 )
+from imposing_ros.nodes.mailbox import Mailbox
 from imposing_ros.nodes.node_set import default_model
 from imposing_ros.nodes.tf_io import TfIO
+from imposing_ros.utils import resolve_device
 
 NODE_NAME = 'imposing_localizer'
-DEVICES = ('auto', 'cpu', 'cuda')
-TRANSPORTS = ('raw', 'compressed')
 # Diagnostics published on a rejected or failed frame come at most this often.
 EVENT_DIAGNOSTICS_MIN_PERIOD_S = 0.2
 
@@ -99,10 +83,12 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
         self._localizer = None
         self._settings: Settings | None = None
         self._stats = Stats()
+        self._mailbox = Mailbox()
         self._entities = []  # (destroy function, entity) of configure-time entities
         # Not ``_subscriptions``: that is rclpy Node's own list (its /clock subscription
         # included), which the executor waits on.
         self._active_subscriptions = []
+        self._priors = PriorBook()
         self._reset_state()
 
     # --- parameters ---------------------------------------------------------------------------
@@ -123,17 +109,9 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
             self._localizer = self._tf = None
             return TransitionCallbackReturn.FAILURE
         self._settings, self._device = settings, device
-        self._stats = Stats()
+        self._stats, self._mailbox = Stats(), Mailbox()
         self._reset_state()
-        reliable = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE)
-        self._pose_pub = self.create_lifecycle_publisher(PoseWithCovarianceStamped, '~/pose',
-                                                         reliable)
-        self._score_pub = self.create_lifecycle_publisher(Float32, '~/score', reliable)
-        self._marker_pub = self.create_lifecycle_publisher(
-            MarkerArray, '~/candidates', QoSProfile(depth=1,
-                                                    reliability=QoSReliabilityPolicy.RELIABLE))
-        # Diagnostics flow in every configured state (an inactive node reports that it is).
-        self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', reliable)
+        self._out = Outputs(self)
         self._relocalize_srv = self.create_service(Trigger, '~/relocalize', self._on_relocalize,
                                                    callback_group=self._input_group)
         self._wake = self.create_guard_condition(self._on_wake, self._inference_group)
@@ -142,10 +120,7 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
                                              callback_group=self._input_group,
                                              clock=Clock(clock_type=ClockType.STEADY_TIME))
         self._entities = [
-            (self.destroy_lifecycle_publisher, self._pose_pub),
-            (self.destroy_lifecycle_publisher, self._score_pub),
-            (self.destroy_lifecycle_publisher, self._marker_pub),
-            (self.destroy_publisher, self._diag_pub),
+            (lambda out: out.destroy(), self._out),
             (self.destroy_service, self._relocalize_srv),
             (self.destroy_guard_condition, self._wake),
             (self.destroy_timer, self._diag_timer),
@@ -154,63 +129,39 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
             f'configured: model {settings.model_path or default_model()} on {device} '
             f'(backend {self._localizer.backend_name}), '
             f'{settings.search_num_candidates} candidates x {settings.search_levels} levels, '
-            f'images from {self._image_topic(settings)} ({IMAGE_BACKEND})')
+            f'scenes {self._localizer.scenes} ({settings.scene or "the only one"}), '
+            f'images from {image_topic(settings)} ({IMAGE_BACKEND})')
         return TransitionCallbackReturn.SUCCESS
 
     def _load(self, settings: Settings):
-        """(Localizer, device) or an exception with a clear message."""
-        import torch
+        """(SceneLocalizer, device) or an exception with a clear message."""
+        from imposing_ros.localization.scenes import SceneLocalizer
 
-        from imposing_ros.localization.localizer import Localizer
-
-        model_path = settings.model_path or str(default_model())
         # Values from parameter files were declared before the set-callback existed: check them.
         reason = params.check_values(settings.values, PARAMETERS, cross_check)
         if reason:
             raise ValueError(reason)
-        device = settings.device
-        if device == 'auto':
-            device = 'cuda' if torch.cuda.is_available() else 'cpu'
-        if device.startswith('cuda') and not torch.cuda.is_available():
-            raise ValueError(f'device {device} requested but CUDA is not available')
-        config = localizer_config(settings)
-        localizer = Localizer.from_checkpoint(model_path, settings.scene or None, config, device,
-                                              settings.backend, settings.inductor,
-                                              settings.engine_cache or None)
-        # One warm-up frame: the first real frame then has representative latency.
+        device = resolve_device(settings.device)
+        localizer = SceneLocalizer.from_checkpoint(
+            settings.model_path or str(default_model()), settings.scene,
+            settings.scene_switch_frames, config=localizer_config(settings), device=device,
+            backend=settings.backend, inductor=settings.inductor,
+            engine_cache=settings.engine_cache or None)
+        if len(localizer.scenes) > 1 and SCENE_PLACEHOLDER not in settings.map_frame:
+            raise ValueError(f'scenes {localizer.scenes} need one map frame each: put {{scene}} '
+                             f"in map_frame (now '{settings.map_frame}'), e.g. map_{{scene}}")
+        # One warm-up frame per scene (no scene vote): the first real frame then has
+        # representative latency.
         height, width = localizer.image_size
-        localizer.localize(np.zeros((height, width, 3), np.uint8))
+        for scene_localizer in localizer.localizers.values():
+            scene_localizer.localize(np.zeros((height, width, 3), np.uint8))
         return localizer, device
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Subscribe to images, the prior and the initial pose."""
         s = self._settings
-        # Like every subscription of this node, no QoS event handlers (QuietSubscriptions): with
-        # them the executor wakes in a loop while images arrive (measured at 200 Hz of images:
-        # ~1,300 empty wake-ups/s, one core busy, inference 20x slower; none without handlers).
-        # Depth 1: only the newest frame is ever processed.
-        reliability = (QoSReliabilityPolicy.RELIABLE if s.image_reliability == 'reliable'
-                       else QoSReliabilityPolicy.BEST_EFFORT)
-        image = self.create_subscription(
-            CompressedImage if s.image_transport == 'compressed' else Image,
-            self._image_topic(s), self._on_image,
-            QoSProfile(depth=1, reliability=reliability, history=QoSHistoryPolicy.KEEP_LAST),
-            callback_group=self._input_group)
-        # Best effort, depth 1: only the newest prior matters, and it matches both reliable and
-        # best-effort publishers.
-        latest = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.BEST_EFFORT,
-                            history=QoSHistoryPolicy.KEEP_LAST)
-        prior = self.create_subscription(PoseWithCovarianceStamped, s.prior_topic,
-                                         self._on_prior, latest,
-                                         callback_group=self._input_group)
-        # Reliable and volatile like AMCL's: a transient-local subscription would not match
-        # RViz's volatile '2D Pose Estimate' publisher.
-        initial = self.create_subscription(
-            PoseWithCovarianceStamped, s.initial_pose_topic, self._on_initial_pose,
-            QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
-                       durability=QoSDurabilityPolicy.VOLATILE),
-            callback_group=self._input_group)
-        self._active_subscriptions = [image, prior, initial]
+        self._active_subscriptions = subscribe(self, s, self._input_group, self._on_image,
+                                               self._on_prior, self._on_initial_pose)
         self.get_logger().info('active')
         return super().on_activate(state)
 
@@ -236,8 +187,7 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
         for sub in self._active_subscriptions:
             self.destroy_subscription(sub)
         self._active_subscriptions = []
-        with self._lock:
-            self._slot = None
+        self._mailbox.clear()
 
     def _release(self):
         with self._busy:  # let a frame in flight finish before its publishers go
@@ -250,67 +200,46 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
         self._tf = None
         with self._lock:
             self._settings = None
-        try:
-            import torch
+        import torch
 
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except ImportError:  # pragma: no cover
-            pass
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def _reset_state(self):
         """Forget priors and stamps (configure, clock jump back)."""
-        self._slot = None
-        self._armed = False  # the inference callback is scheduled or running
-        self._force_global = False
-        self._initial_pose = None  # (T_map_base, covariance) used once
-        self._prior = None  # (Time, T_map_base, covariance) from the filter
+        self._priors.forget()
         self._gate = FrameGate()  # stamps of the frames taken
         self._last_start = 0.0
         self._last_event_diag = 0.0
-
-    @staticmethod
-    def _image_topic(s: Settings) -> str:
-        return s.image_topic + ('/compressed' if s.image_transport == 'compressed' else '')
+        self._scene_scores = {}
 
     # --- input callbacks (input group: quick, never blocking) -------------------------------
 
     def _on_image(self, msg):
-        with self._lock:
-            self._stats.received += 1
-            if self._slot is not None:  # the older frame was never processed
-                self._stats.skipped += 1
-            self._slot = msg
-            wake, self._armed = not self._armed, True
-        if wake:
+        if self._mailbox.put(msg):
             self._wake.trigger()
 
     def _on_prior(self, msg: PoseWithCovarianceStamped):
         try:
-            matrix, covariance = check_pose_with_covariance(msg, self._settings.map_frame)
+            prior = map_pose(msg, self._settings.map_frame, self._localizer, True)
         except ValueError as exc:
             self.get_logger().warning(f'prior refused: {exc}', throttle_duration_sec=5.0)
             return
-        with self._lock:
-            self._prior = (Time.from_msg(msg.header.stamp), matrix, covariance)
+        self._priors.set_filter_prior(Time.from_msg(msg.header.stamp).nanoseconds, prior)
 
     def _on_initial_pose(self, msg: PoseWithCovarianceStamped):
         try:
-            matrix, covariance = check_pose_with_covariance(msg, self._settings.map_frame)
+            prior = map_pose(msg, self._settings.map_frame, self._localizer, False)
         except ValueError as exc:
             self.get_logger().warning(f'initial pose refused: {exc}')
             return
-        with self._lock:  # the latest request wins: it supersedes a pending global search
-            self._initial_pose = (matrix, covariance)
-            self._force_global = False
-        xyz = matrix[:3, 3]
-        self.get_logger().info(f'initial pose received at ({xyz[0]:.1f}, {xyz[1]:.1f}): the next '
-                               'frame searches around it')
+        self._priors.set_initial_pose(prior)  # the latest request wins
+        xyz = prior.matrix[:3, 3]
+        self.get_logger().info(f'initial pose received at ({xyz[0]:.1f}, {xyz[1]:.1f}) in '
+                               f"'{msg.header.frame_id}': the next frame searches around it")
 
     def _on_relocalize(self, request, response):
-        with self._lock:
-            self._force_global = True
-            self._initial_pose = None
+        self._priors.request_global()
         response.success = True
         response.message = 'the next frame runs a global search'
         self.get_logger().info('relocalization requested')
@@ -319,20 +248,11 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
     # --- inference (inference group) --------------------------------------------------------
 
     def _on_wake(self):
-        """Process the newest frame until none is pending.
-
-        One wake-up per burst: while this runs, the image callback only replaces the pending
-        frame and does not trigger the guard condition again, so the executor is not woken for
-        work this loop will do anyway.
-        """
-        while True:
-            with self._lock:
-                msg, self._slot = self._slot, None
-                settings = self._settings
-                if msg is None or settings is None:
-                    self._armed = False
-                    return
-            self._process_one(msg, settings)
+        """Process the newest frame until none is pending (one wake-up per burst)."""
+        while (msg := self._mailbox.take()) is not None:
+            settings = self._settings
+            if settings is not None:  # not cleaned up meanwhile
+                self._process_one(msg, settings)
 
     def _process_one(self, msg, settings: Settings):
         settings = Settings({**settings.values, **{name.replace('.', '_'): self.get_parameter(
@@ -340,11 +260,8 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
         if settings.max_rate > 0:
             wait = self._last_start + 1.0 / settings.max_rate - time.monotonic()
             if wait > 0:
-                time.sleep(wait)  # this thread only: input keeps flowing into the slot
-                with self._lock:  # a newer frame may have arrived meanwhile: take it
-                    if self._slot is not None:
-                        msg, self._slot = self._slot, None
-                        self._stats.skipped += 1
+                time.sleep(wait)  # this thread only: input keeps flowing into the mailbox
+                msg = self._mailbox.take(newer_than=msg)
         self._last_start = time.monotonic()
         try:
             with self._busy:
@@ -352,10 +269,8 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
                     self._process(msg, settings)
         except Exception as exc:  # a bug must not kill the node: report it, go on
             with self._lock:
-                self._stats.failed += 1
-                self._stats.last_outcome = 'failed'
-                self._stats.last_problem = f'{type(exc).__name__}: {exc}'
-                self._force_global = True
+                self._stats.fail(f'{type(exc).__name__}: {exc}')
+            self._priors.request_global()
             self.get_logger().error(f'frame failed: {type(exc).__name__}: {exc}',
                                     throttle_duration_sec=2.0)
             self._event_diagnostics()
@@ -388,8 +303,12 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
         if extrinsic is None:
             self._reject('no extrinsic', f'no transform {s.base_frame} -> {s.camera_frame} yet')
             return
-        prior_pose, prior_cov = self._choose_prior(stamp, s, extrinsic)
-        result = self._localizer.localize(rgb, prior_pose, prior_cov)
+        prior_pose, prior_cov = self._seed(stamp, s, extrinsic)
+        found = self._localizer.localize(rgb, prior_pose, prior_cov)
+        result, map_frame = found.result, scene_frame(s.map_frame, found.scene)
+        if found.switched:
+            self._on_scene(found.scene, found.scores)
+        self._scene_scores = found.scores
         if not (np.isfinite(result.pose).all() and np.isfinite(result.covariance).all()):
             raise ValueError('the localizer returned a non-finite pose or covariance')
         self._gate.processed(stamp.nanoseconds)
@@ -399,51 +318,39 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
         t_map_base = t_map_camera @ np.linalg.inv(extrinsic)
         cov_camera = result.covariance + np.diag(np.square(s.min_std))
         covariance = compose_covariance(cov_camera, t_map_camera[:3, 3], t_map_base[:3, 3])
-        header_stamp = msg.header.stamp
         good = result.score >= s.min_score
-        self._score_pub.publish(Float32(data=float(result.score)))
-        self._marker_pub.publish(candidate_markers(result, extrinsic, t_map_base, header_stamp, s))
+        self._out.publish_result(result, extrinsic, t_map_base, covariance, msg.header.stamp,
+                                 map_frame, s.markers_count, good)
         if good:
-            self._pose_pub.publish(pose_message(t_map_base, covariance, header_stamp,
-                                                s.map_frame))
-            self._tf.publish_map_odom(t_map_base, stamp, s)
-        processing_ms = 1e3 * (time.perf_counter() - started)
+            self._tf.publish_map_odom(t_map_base, stamp, s, map_frame)
         age_ms = (self.get_clock().now().nanoseconds - stamp.nanoseconds) * 1e-6
         with self._lock:
-            st = self._stats
-            st.processed += 1
-            st.published += int(good)
-            st.low_score += int(not good)
-            st.last_score, st.last_mode = result.score, result.mode
-            st.done.append((time.monotonic(), processing_ms, age_ms))
-            st.last_outcome = 'published' if good else 'low score'
-            if not good:
-                self._force_global = True
-                st.last_problem = f'score {result.score:.3f} < min_score {s.min_score}'
+            self._stats.record(result, good, 1e3 * (time.perf_counter() - started), age_ms,
+                               s.min_score)
         if not good:
+            self._priors.request_global()
             self.get_logger().warning(f'score {result.score:.3f} under min_score {s.min_score}: '
                                    'no pose published, next frame searches globally',
                                    throttle_duration_sec=5.0)
 
-    def _choose_prior(self, stamp: Time, s: Settings, extrinsic: np.ndarray):
+    def _seed(self, stamp: Time, s: Settings, extrinsic: np.ndarray):
         """(T_map_camera pose (7,), covariance) seeding tracking, or (None, None) for global."""
-        with self._lock:
-            if self._force_global:
-                self._force_global = False
-                self._initial_pose = None
-                return None, None
-            seed, self._initial_pose = self._initial_pose, None
-            if seed is None and s.tracking_enabled and self._prior is not None:
-                prior_stamp, matrix, covariance = self._prior
-                gap_s = abs(stamp.nanoseconds - prior_stamp.nanoseconds) * 1e-9
-                if gap_s <= s.tracking_prior_timeout:
-                    seed = (matrix, covariance)
+        seed = self._priors.take(stamp.nanoseconds, s.tracking_enabled, s.tracking_prior_timeout)
         if seed is None:
             return None, None
-        t_map_base, covariance = seed
-        t_map_camera = t_map_base @ extrinsic
-        cov_camera = compose_covariance(covariance, t_map_base[:3, 3], t_map_camera[:3, 3])
+        if seed.scene != self._localizer.scene:  # an initial pose in another scene's map
+            self._localizer.set_scene(seed.scene)
+            self._on_scene(seed.scene, {})
+        t_map_camera = seed.matrix @ extrinsic
+        cov_camera = compose_covariance(seed.covariance, seed.matrix[:3, 3], t_map_camera[:3, 3])
         return matrix_to_pose(t_map_camera), cov_camera
+
+    def _on_scene(self, scene: str, scores: dict):
+        """The scene in use changed: say so; the filter's prior was of the former map."""
+        self._priors.forget_filter_prior()
+        self._out.scene.publish(String(data=scene))
+        detail = ', '.join(f'{k} {v:.3f}' for k, v in scores.items())
+        self.get_logger().info(f'scene {scene}' + (f' (scores {detail})' if detail else ''))
 
     # --- diagnostics --------------------------------------------------------------------------
 
@@ -459,37 +366,15 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
             return
         with self._lock:
             values, window, outcome = self._stats.snapshot(time.monotonic())
-        backend = self._localizer.backend_name if self._localizer else s.backend
-        status = localization_status(
+        values = {**self._mailbox.counts(), **values}
+        self._out.publish_diagnostics(localization_status(
             self.get_name(), values, window, outcome, bool(self._active_subscriptions),
-            {'backend': backend, 'device': self._device,
-             'backend choice': (self._localizer.backend.choice if self._localizer else None)
-             or 'as set',
-             'image conversion': IMAGE_BACKEND or 'none', 'model': s.model_path})
-        array = DiagnosticArray(status=[status])
-        array.header.stamp = self.get_clock().now().to_msg()
-        self._diag_pub.publish(array)
+            self._localizer, self._scene_scores, self._device, s))
 
 
 def main(args=None) -> None:
     """Run the node alone (``ros2 run imposing_ros localizer_node``; lifecycle driven outside)."""
-    rclpy.init(args=args)
-    try:
-        node = LocalizerNode()
-    except params.ParameterFileError as exc:
-        get_logger(NODE_NAME).fatal(str(exc))
-        rclpy.try_shutdown()
-        raise SystemExit(2) from exc
-    executor = MultiThreadedExecutor(num_threads=4)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
+    spin(LocalizerNode, NODE_NAME, args, num_threads=4)
 
 
 if __name__ == '__main__':

@@ -1,19 +1,21 @@
-"""What the localizer node publishes besides the pose: markers and diagnostics, built here."""
+"""What the localizer node publishes: its publishers, the pose, markers, scene and diagnostics."""
 
 from __future__ import annotations
 
 from collections import deque
+import time
 
 from builtin_interfaces.msg import Time as TimeMsg
-from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseWithCovarianceStamped, Vector3
 import numpy as np
-from std_msgs.msg import ColorRGBA
+from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
+from std_msgs.msg import ColorRGBA, Float32, String
 from visualization_msgs.msg import Marker, MarkerArray
 
+from imposing_ros.data.images import BACKEND as IMAGE_BACKEND
 from imposing_ros.geometry import pose_to_matrix
 from imposing_ros.nodes.conversions import matrix_to_pose_msg
-from imposing_ros.nodes.localizer_params import Settings
 
 # Period of the sliding windows of the rate and latency statistics.
 STATS_WINDOW_S = 5.0
@@ -29,7 +31,7 @@ class Stats:
     """Counters and sliding windows for diagnostics (guarded by the node's lock)."""
 
     def __init__(self):
-        self.received = self.skipped = self.processed = self.published = 0
+        self.processed = self.published = 0
         self.failed = self.low_score = 0
         self.rejected: dict[str, int] = {}
         self.done = deque()  # (monotonic time, processing ms, stamp age ms)
@@ -37,6 +39,23 @@ class Stats:
         self.last_mode = ''
         self.last_problem = ''
         self.last_outcome = ''  # published, low score, rejected or failed
+
+    def record(self, result, published: bool, processing_ms: float, age_ms: float,
+               min_score: float):
+        """Count a localized frame (published, or under ``min_score``)."""
+        self.processed += 1
+        self.published += int(published)
+        self.low_score += int(not published)
+        self.last_score, self.last_mode = result.score, result.mode
+        self.done.append((time.monotonic(), processing_ms, age_ms))
+        self.last_outcome = 'published' if published else 'low score'
+        if not published:
+            self.last_problem = f'score {result.score:.3f} < min_score {min_score}'
+
+    def fail(self, problem: str):
+        """Count a frame that raised."""
+        self.failed += 1
+        self.last_outcome, self.last_problem = 'failed', problem
 
     def reject(self, reason: str):
         """Count a refused frame and remember why."""
@@ -54,8 +73,6 @@ class Stats:
         window = self.window(now)
         values = {
             'rate (Hz)': len(window) / STATS_WINDOW_S,
-            'frames received': self.received,
-            'frames skipped': self.skipped,
             'frames processed': self.processed,
             'poses published': self.published,
             'frames under min_score': self.low_score,
@@ -69,24 +86,25 @@ class Stats:
         return values, window, self.last_outcome
 
 
-def candidate_markers(result, extrinsic, t_map_base, stamp: TimeMsg, s: Settings) -> MarkerArray:
+def candidate_markers(result, extrinsic, t_map_base, stamp: TimeMsg, count: int,
+                      map_frame: str) -> MarkerArray:
     """Top candidates (arrows coloured by score), the estimate and a label, base_link in map."""
     markers = MarkerArray()
     markers.markers.append(Marker(action=Marker.DELETEALL))
     camera_base = np.linalg.inv(extrinsic)
-    count = min(s.markers_count, len(result.candidates))
+    count = min(count, len(result.candidates))
     scores = result.candidate_scores[:count]
     low, high = (float(scores.min()), float(scores.max())) if count else (0.0, 1.0)
     for i in range(count):
         marker = Marker(ns='candidates', id=i, type=Marker.ARROW, action=Marker.ADD)
-        marker.header.stamp, marker.header.frame_id = stamp, s.map_frame
+        marker.header.stamp, marker.header.frame_id = stamp, map_frame
         matrix = pose_to_matrix(result.candidates[i]) @ camera_base
         marker.pose = matrix_to_pose_msg(matrix)
         marker.scale = Vector3(x=2.0, y=0.25, z=0.25)
         marker.color = score_color((scores[i] - low) / (high - low) if high > low else 1.0)
         markers.markers.append(marker)
     estimate = Marker(ns='estimate', id=0, type=Marker.ARROW, action=Marker.ADD)
-    estimate.header.stamp, estimate.header.frame_id = stamp, s.map_frame
+    estimate.header.stamp, estimate.header.frame_id = stamp, map_frame
     estimate.pose = matrix_to_pose_msg(t_map_base)
     estimate.scale = Vector3(x=4.0, y=0.6, z=0.6)
     estimate.color = ColorRGBA(r=0.1, g=0.4, b=1.0, a=1.0)
@@ -102,11 +120,17 @@ def candidate_markers(result, extrinsic, t_map_base, stamp: TimeMsg, s: Settings
 
 
 def localization_status(node_name: str, values: dict, window: list, outcome: str, active: bool,
-                        extra: dict) -> DiagnosticStatus:
-    """The node's DiagnosticStatus from a :meth:`Stats.snapshot` and ``extra`` key-values.
+                        localizer, scene_scores: dict, device: str, s) -> DiagnosticStatus:
+    """The node's DiagnosticStatus.
 
-    ``extra`` holds at least ``backend`` and ``device`` (the hardware id).
+    From a :meth:`Stats.snapshot`, the localizer (``None`` once cleaned up), the last frame's
+    scene scores and the node's settings ``s``.
     """
+    extra = {'backend': localizer.backend_name if localizer else s.backend, 'device': device,
+             'backend choice': (localizer.backend.choice if localizer else None) or 'as set',
+             'image conversion': IMAGE_BACKEND or 'none', 'model': s.model_path,
+             'scene': (localizer.scene if localizer else None) or 'none yet',
+             'scene scores': ', '.join(f'{k} {v:.3f}' for k, v in scene_scores.items())}
     values = dict(values)
     if window:
         processing = np.array([w[1] for w in window])
@@ -140,3 +164,47 @@ def pose_message(t_map_base: np.ndarray, covariance: np.ndarray, stamp: TimeMsg,
     out.pose.pose = matrix_to_pose_msg(t_map_base)
     out.pose.covariance = np.asarray(covariance, float).reshape(-1).tolist()
     return out
+
+
+class Outputs:
+    """The localizer's publishers, created at configure and destroyed at cleanup.
+
+    ``~/pose``, ``~/score`` (reliable, depth 10), ``~/candidates`` (reliable, depth 1: only the
+    newest matters) and ``~/scene`` (latched: a late subscriber learns the scene in use) are
+    lifecycle publishers; ``/diagnostics`` flows in every configured state (an inactive node
+    reports that it is).
+    """
+
+    def __init__(self, node):
+        self._node = node
+        reliable = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE)
+        lifecycle = node.create_lifecycle_publisher
+        self.pose = lifecycle(PoseWithCovarianceStamped, '~/pose', reliable)
+        self.score = lifecycle(Float32, '~/score', reliable)
+        self.markers = lifecycle(MarkerArray, '~/candidates',
+                                 QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE))
+        self.scene = lifecycle(String, '~/scene', QoSProfile(
+            depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
+            durability=QoSDurabilityPolicy.TRANSIENT_LOCAL))
+        self.diagnostics = node.create_publisher(DiagnosticArray, '/diagnostics', reliable)
+
+    def publish_result(self, result, extrinsic, t_map_base, covariance, stamp: TimeMsg,
+                       map_frame: str, markers_count: int, publish_pose: bool) -> None:
+        """A localized frame: score, candidate markers, and the pose when ``publish_pose``."""
+        self.score.publish(Float32(data=float(result.score)))
+        self.markers.publish(candidate_markers(result, extrinsic, t_map_base, stamp,
+                                               markers_count, map_frame))
+        if publish_pose:
+            self.pose.publish(pose_message(t_map_base, covariance, stamp, map_frame))
+
+    def publish_diagnostics(self, status: DiagnosticStatus) -> None:
+        """One status on /diagnostics, stamped now."""
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self._node.get_clock().now().to_msg()
+        self.diagnostics.publish(array)
+
+    def destroy(self) -> None:
+        """Destroy every publisher (cleanup, shutdown)."""
+        for publisher in (self.pose, self.score, self.markers, self.scene):
+            self._node.destroy_lifecycle_publisher(publisher)
+        self._node.destroy_publisher(self.diagnostics)

@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from imposing_ros.localization.localizer import LocalizerConfig
+from imposing_ros.localization.scenes import DEFAULT_SWITCH_FRAMES
 from imposing_ros.nodes import params
+from imposing_ros.nodes.conversions import check_map_frame
 from imposing_ros.runtime.select import (
     BACKENDS,
     DEFAULT_BACKEND,
@@ -36,7 +38,11 @@ def _device(value):
 PARAMETERS = (
     ('model_path', '', "ImPosing checkpoint file (.pt) loaded at configure (empty: the package's "
      'models/helsinki_demo.pt)', None),
-    ('scene', '', 'scene of a multi-scene checkpoint (empty: its only/first scene)', None),
+    ('scene', '', 'scene of the model to localize in: a name, auto (every scene is searched on '
+     'global frames; the best-scoring one is kept, with hysteresis) or empty (the only scene of '
+     'a single-scene model)', params.nonblank_or_empty),
+    ('scene_switch_frames', DEFAULT_SWITCH_FRAMES, 'with scene auto: consecutive global searches '
+     'another scene must win before the node switches to it', params.at_least(1)),
     ('device', 'auto', 'inference device: auto (cuda if available, else cpu), cpu, cuda, cuda:N',
      _device),
     ('backend', DEFAULT_BACKEND, 'inference backend: auto (tensorrt on CUDA when torch-tensorrt '
@@ -94,7 +100,8 @@ PARAMETERS = (
      'added in quadrature to the published standard deviations (keeps the covariance '
      'positive definite): x, y, z (m), roll, pitch, yaw (rad)',
      params.finite_list(6, nonnegative=True)),
-    ('map_frame', 'map', 'global frame of the published pose (REP-105)', params.nonempty),
+    ('map_frame', 'map', 'global frame of the published pose (REP-105); with several scenes '
+     'it holds {scene}, one map frame per scene (e.g. map_{scene})', check_map_frame),
     ('odom_frame', 'odom', 'odometry frame; map->odom is published on /tf', params.nonempty),
     ('base_frame', 'base_link', 'robot body frame the published pose refers to', params.nonempty),
     ('camera_frame', 'camera_link', 'frame of the camera the extrinsic refers to',

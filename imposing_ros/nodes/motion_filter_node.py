@@ -35,12 +35,9 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from nav_msgs.msg import Odometry
 import numpy as np
-import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import JumpThreshold
 from rclpy.duration import Duration
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
 
@@ -48,12 +45,17 @@ from imposing_ros.filtering.ekf import FilterConfig, MotionFilter
 from imposing_ros.geometry import matrix_to_pose, pose_to_matrix
 from imposing_ros.nodes import params
 from imposing_ros.nodes.conversions import (
+    check_map_frame,
     check_pose_with_covariance,
+    frame_scene,
     ns_to_stamp,
     odometry_to_arrays,
     pose_with_covariance_msg,
+    scene_frame,
+    SCENE_PLACEHOLDER,
     stamp_to_ns,
 )
+from imposing_ros.nodes.entry import spin
 from imposing_ros.nodes.events import QuietSubscriptions
 
 try:  # tf2_ros exists on a ROS install only (ENVIRONMENT.md); without it there is no /tf.
@@ -115,7 +117,9 @@ PARAMETERS = (
      '/imposing_localizer/pose at the root namespace)', params.nonempty),
     ('initial_pose_topic', 'initialpose', "initial pose (RViz '2D Pose Estimate')",
      params.nonempty),
-    ('map_frame', 'map', 'global frame (REP-105)', params.nonempty),
+    ('map_frame', 'map', 'global frame (REP-105); with {scene} (e.g. map_{scene}, as the '
+     "localizer's) poses of any scene's map are taken and one in another scene's map than the "
+     'last resets the filter', check_map_frame),
     ('odom_frame', 'odom', 'odometry frame', params.nonempty),
     ('base_frame', 'base_link', 'robot body frame', params.nonempty),
     ('prior_rate', 10.0, 'rate of ~/prior, the tracking prior of the localizer (Hz)',
@@ -148,6 +152,9 @@ class MotionFilterNode(QuietSubscriptions, Node):
             raise ValueError(f'{node_name}: {reason}')
         self._v = values
         self._filter = MotionFilter(filter_config(values))
+        # The concrete map frame in use (the pattern's scene is set by the first pose).
+        self._map_frame = None if SCENE_PLACEHOLDER in values['map_frame'] else \
+            values['map_frame']
         self._refused: dict[str, int] = {}
         group = MutuallyExclusiveCallbackGroup()
         reliable = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE)
@@ -253,9 +260,29 @@ class MotionFilterNode(QuietSubscriptions, Node):
         if state is not None and state.stamp_ns == stamp_ns:
             self._publish_state(state, msg, pose)
 
+    def _checked(self, msg: PoseWithCovarianceStamped) -> tuple[np.ndarray, np.ndarray]:
+        """(T, covariance) of a pose in a map frame of ``map_frame``, or ValueError.
+
+        Its frame becomes the one in use; another scene's map resets the filter.
+        """
+        pattern = self._v['map_frame']
+        scene = frame_scene(pattern, msg.header.frame_id)
+        if scene is None:
+            raise ValueError(f"frame_id is '{msg.header.frame_id}', expected '{pattern}'")
+        frame = scene_frame(pattern, scene)
+        checked = check_pose_with_covariance(msg, frame)
+        if frame != self._map_frame:
+            with self._lock:
+                if self._map_frame is not None:
+                    self._filter.reset()
+                    self.get_logger().warning(f"map frame '{self._map_frame}' -> '{frame}' "
+                                              '(scene switch): filter reset')
+                self._map_frame = frame
+        return checked
+
     def _on_pose(self, msg: PoseWithCovarianceStamped) -> None:
         try:
-            matrix, covariance = check_pose_with_covariance(msg, self._v['map_frame'])
+            matrix, covariance = self._checked(msg)
         except ValueError as exc:
             self._refuse('pose', str(exc))
             return
@@ -278,7 +305,7 @@ class MotionFilterNode(QuietSubscriptions, Node):
 
     def _on_initial_pose(self, msg: PoseWithCovarianceStamped) -> None:
         try:
-            matrix, covariance = check_pose_with_covariance(msg, self._v['map_frame'])
+            matrix, covariance = self._checked(msg)
         except ValueError as exc:
             self._refuse('initial pose', str(exc))
             return
@@ -295,7 +322,7 @@ class MotionFilterNode(QuietSubscriptions, Node):
 
     def _pose_message(self, state) -> PoseWithCovarianceStamped:
         covariance = state.pose_covariance(self._filter.config.roll_pitch_variance)
-        return pose_with_covariance_msg(state.pose(), covariance, self._v['map_frame'],
+        return pose_with_covariance_msg(state.pose(), covariance, self._map_frame,
                                         state.stamp_ns)
 
     def _publish_state(self, state, odom: Odometry, odom_pose: np.ndarray) -> None:
@@ -310,7 +337,7 @@ class MotionFilterNode(QuietSubscriptions, Node):
             T_odom_base = pose_to_matrix(odom_pose)  # noqa: N806
             t = matrix_to_pose(T_map_base @ np.linalg.inv(T_odom_base))
             tf = TransformStamped()
-            tf.header.frame_id, tf.child_frame_id = self._v['map_frame'], self._v['odom_frame']
+            tf.header.frame_id, tf.child_frame_id = self._map_frame, self._v['odom_frame']
             tf.header.stamp = ns_to_stamp(
                 state.stamp_ns + int(self._v['transform_tolerance'] * 1e9))
             tr, rot = tf.transform.translation, tf.transform.rotation
@@ -351,22 +378,7 @@ class MotionFilterNode(QuietSubscriptions, Node):
 
 def main(args=None) -> None:
     """Spin the node under a MultiThreadedExecutor until shutdown."""
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = MotionFilterNode()
-        executor = MultiThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except params.ParameterFileError as exc:
-        get_logger(NODE_NAME).fatal(str(exc))
-        raise SystemExit(2) from exc
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
+    spin(MotionFilterNode, NODE_NAME, args)
 
 
 if __name__ == '__main__':

@@ -194,6 +194,11 @@ def nonempty(value) -> Optional[str]:
     return None if str(value).strip() else 'must not be empty'
 
 
+def nonblank_or_empty(value) -> Optional[str]:
+    """A string that is empty or has no surrounding blanks."""
+    return None if str(value) == str(value).strip() else 'must not start or end with blanks'
+
+
 def key(name: str) -> str:
     """Attribute-style key of a parameter name (dots become underscores)."""
     return name.replace('.', '_')

@@ -212,7 +212,7 @@ class TfIO:
             self._extrinsic = matrix
         return self._extrinsic
 
-    def publish_map_odom(self, t_map_base: np.ndarray, stamp: Time, s) -> None:
+    def publish_map_odom(self, t_map_base: np.ndarray, stamp: Time, s, map_frame: str) -> None:
         """map->odom = T_map_base @ inv(T_odom_base at the image stamp), post-dated (AMCL)."""
         if self._broadcaster is None and self._tf_pub is None:
             return
@@ -225,7 +225,7 @@ class TfIO:
             return
         out = _transform_message(t_map_base @ np.linalg.inv(t_odom_base),
                                  (stamp + Duration(seconds=s.transform_tolerance)).to_msg(),
-                                 s.map_frame, s.odom_frame)
+                                 map_frame, s.odom_frame)
         if self._broadcaster is not None:
             self._broadcaster.sendTransform(out)
         else:

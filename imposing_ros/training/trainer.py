@@ -35,6 +35,7 @@ from imposing_ros.training.loop import (
     TrainResult,
 )
 from imposing_ros.training.losses import score_loss, target_scores
+from imposing_ros.utils import resolve_device
 
 LOGGER = logging.getLogger('imposing_ros.training')
 # A final-level training batch where fewer than this share of cosines is positive is collapsing:
@@ -185,7 +186,7 @@ def train(scenes: dict[str, SceneData], out: str | Path, model_config: ModelConf
     cfg = train_config
     out = Path(out)
     last = out / 'last.pt'
-    device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    device = torch.device(resolve_device(device))
     torch.manual_seed(cfg.seed)
     search_config = search_config or SearchConfig()
 
@@ -201,7 +202,8 @@ def train(scenes: dict[str, SceneData], out: str | Path, model_config: ModelConf
         model, data = load_model(init_from, device)
         if config_to_dict(model.config) != config_to_dict(model_config):
             raise ValueError(f"{init_from}: its model config differs from this run's")
-        history = [dict(h, stage=str(init_from)) for h in data.get('history', [])]
+        # Each epoch of earlier stages keeps the checkpoint it was trained into.
+        history = [{'stage': str(init_from), **h} for h in data.get('history', [])]
         optimizer_state = None
         LOGGER.info('starting from the weights of %s', init_from)
     else:
