@@ -36,6 +36,27 @@ IMAGE_TOPIC = '/camera/image_raw'
 PRIOR_TOPIC = '/imposing_motion_filter/prior'
 
 
+# The search of the node tests: small enough for the tiny model on 2 cores.
+SMALL_SEARCH = {'search.num_candidates': 256, 'search.levels': 3, 'search.top_k': 16,
+                'search.num_average': 32, 'min_score': 0.0}
+
+
+def write_params(path, localizer=None, **nodes):
+    """Write a ROS 2 parameter file; return its path.
+
+    The localizer gets ``SMALL_SEARCH`` updated with ``localizer``; ``nodes`` maps other node
+    names to their parameters. Each node is keyed '/**/node' as in config/localizer.yaml (it
+    matches in any namespace).
+    """
+    import yaml
+
+    tree = {f'/**/{NODE}': {'ros__parameters': {**SMALL_SEARCH, **(localizer or {})}}}
+    tree.update({f'/**/{name}': {'ros__parameters': p} for name, p in nodes.items()})
+    path = Path(path)
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    return path
+
+
 def build_tiny_checkpoint(path, length=100.0, scenes=('road',)):
     """A random tiny model over a SyntheticRoad map, saved as a real checkpoint.
 

@@ -185,3 +185,19 @@ def test_benchmark_refuses_bad_input_before_writing(road, trained, tmp_path, cap
         assert main(['benchmark', '--data', data, '--out', str(out), '--models', model]) == 2
         assert reason in capsys.readouterr().err
         assert not out.exists()
+
+
+def test_live_row_counts_a_missed_frame_in_its_mean(tmp_path):
+    import json
+    import math
+
+    from imposing_ros.evaluation.benchmark import live_entry
+
+    demo = {'median_error_m': 1.4, 'median_error_deg': 0.15, 'missed': 2, 'mean_error_m': math.inf,
+            'mean_error_m_localized': 1.6, 'recall': {'5.0m/10.0deg': 0.9},
+            'frames_with_truth': 20, 'latency_ms': {'p50': 50.0, 'p90': 60.0}}
+    path = tmp_path / 'summary.json'
+    path.write_text(json.dumps(demo))  # inf is written as Infinity, as the demo writes it
+    row = live_entry(path)
+    assert row['mean_error_m'] == math.inf and row['mean_error_m_localized'] == 1.6
+    assert row['frames'] == 20 and row['frame_ms_median'] == 50.0

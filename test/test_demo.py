@@ -17,7 +17,7 @@ pytest.importorskip('rclpy')
 rosbags = pytest.importorskip('rosbags')
 cv2 = pytest.importorskip('cv2')
 
-from node_harness import build_tiny_checkpoint  # noqa: E402
+from node_harness import build_tiny_checkpoint, write_params  # noqa: E402
 from rosbags.typesys.stores import ros2_kilted as kilted  # noqa: E402
 
 from imposing_ros.geometry import (  # noqa: E402
@@ -103,16 +103,7 @@ def tiny_bag(tmp_path_factory):
     folder = tmp_path_factory.mktemp('demo')
     model, road = build_tiny_checkpoint(folder / 'tiny.pt')
     bag = write_bag(folder / 'traversal', road)
-    params = folder / 'params.yaml'
-    params.write_text("""/**/imposing_localizer:
-  ros__parameters:
-    search.num_candidates: 256
-    search.levels: 3
-    search.top_k: 16
-    search.num_average: 32
-    tracking.levels: 2
-    min_score: 0.0
-""")
+    params = write_params(folder / 'params.yaml', {'tracking.levels': 2})
     return model, bag, params, folder
 
 
@@ -199,18 +190,8 @@ def test_node_publishes_what_evaluate_computes(tiny_bag):
     from imposing_ros.localization.search import SearchConfig
 
     model, bag, _, folder = tiny_bag
-    params = folder / 'global.yaml'
-    params.write_text("""/**/imposing_localizer:
-  ros__parameters:
-    search.num_candidates: 256
-    search.levels: 3
-    search.top_k: 16
-    search.num_average: 32
-    tracking.enabled: false
-    min_score: 0.0
-    backend: torch
-    inductor: 'off'
-""")
+    params = write_params(folder / 'global.yaml', {'tracking.enabled': False,
+                                                   'backend': 'torch', 'inductor': 'off'})
     frames_csv = folder / 'frames.csv'
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
     proc = subprocess.run(

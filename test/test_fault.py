@@ -21,7 +21,7 @@ rclpy = pytest.importorskip('rclpy')
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from geometry_msgs.msg import PoseWithCovarianceStamped  # noqa: E402
 from nav_msgs.msg import Odometry  # noqa: E402
-from node_harness import build_tiny_checkpoint  # noqa: E402
+from node_harness import build_tiny_checkpoint, write_params  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
@@ -108,25 +108,12 @@ def start_localizer(params, env):
 @pytest.mark.slow
 def test_filter_rides_out_a_localizer_crash(tmp_path):
     model, road = build_tiny_checkpoint(tmp_path / 'tiny.pt')
-    params = tmp_path / 'params.yaml'
-    params.write_text(f"""/**/imposing_localizer:
-  ros__parameters:
-    model_path: {model}
-    image_topic: /camera/image_raw
-    search.num_candidates: 256
-    search.levels: 3
-    search.top_k: 16
-    search.num_average: 32
-    tracking.enabled: false
-    min_score: 0.0
-    camera_extrinsic.xyz: [1.0, 0.0, 1.5]
-/**/{FILTER}:
-  ros__parameters:
-    odom_topic: /odom
-    pose_topic: /imposing_localizer/pose
-    stale_after: 1.0
-    diagnostic_period: 0.25
-""")
+    params = write_params(
+        tmp_path / 'params.yaml',
+        {'model_path': str(model), 'image_topic': '/camera/image_raw', 'tracking.enabled': False,
+         'camera_extrinsic.xyz': [1.0, 0.0, 1.5]},
+        **{FILTER: {'odom_topic': '/odom', 'pose_topic': '/imposing_localizer/pose',
+                    'stale_after': 1.0, 'diagnostic_period': 0.25}})
     env = dict(os.environ, ROS_DOMAIN_ID=DOMAIN, ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST',
                OMP_NUM_THREADS='1')
     filt = subprocess.Popen([sys.executable, '-m', 'imposing_ros.nodes.motion_filter_node',

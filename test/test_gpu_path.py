@@ -8,6 +8,8 @@ Their CPU-side halves are in ``test_backends.py``.
 
 from dataclasses import replace
 import logging
+from pathlib import Path
+import sys
 
 import numpy as np
 import pytest
@@ -27,6 +29,10 @@ from imposing_ros.model.encoders import ModelConfig
 from imposing_ros.runtime.backends import TorchBackend
 from imposing_ros.runtime.tensorrt import import_torch_tensorrt
 
+# The GPU machine's check script holds the churn and the exact small-angle comparison.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tools'))
+from graph_check import churn, rotation_deg  # noqa: E402
+
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')]
 needs_tensorrt = pytest.mark.skipif(import_torch_tensorrt() is None,
@@ -45,28 +51,6 @@ EAGER = replace(CONFIG, cuda_graph=False)
 @pytest.fixture(scope='module')
 def model():
     return random_model(TINY, 2000).eval()
-
-
-def churn(device: torch.device) -> list:
-    """Allocate and fill much memory of every small size class on the current stream.
-
-    A block a captured graph still reads but nobody holds is handed out again here and
-    overwritten, so a replay that follows reads garbage (the failure of issue 18, finding 1).
-    The tensors are returned: kept alive, their blocks stay taken during the replay.
-    """
-    junk = []
-    for i in range(20000):
-        junk.append(torch.full((1 + i % 1024,), 1e4, device=device))
-    junk.extend(torch.full((n,), -1e4, device=device) for n in (1 << 16, 1 << 20, 1 << 24))
-    torch.cuda.synchronize(device)
-    return junk
-
-
-def rotation_deg(q1: np.ndarray, q2: np.ndarray) -> float:
-    """Angle between unit quaternions (x, y, z, w), from the chord: exact for tiny angles."""
-    q1, q2 = q1 / np.linalg.norm(q1), q2 / np.linalg.norm(q2)
-    chord = min(np.linalg.norm(q1 - q2), np.linalg.norm(q1 + q2))
-    return float(np.rad2deg(4 * np.arcsin(min(chord / 2, 1.0))))
 
 
 def assert_same_pose(a: np.ndarray, b: np.ndarray):

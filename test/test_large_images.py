@@ -17,7 +17,7 @@ import pytest
 rclpy = pytest.importorskip('rclpy')
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from node_harness import build_tiny_checkpoint  # noqa: E402
+from node_harness import build_tiny_checkpoint, write_params  # noqa: E402
 
 from imposing_ros.nodes import node_set  # noqa: E402
 
@@ -51,18 +51,8 @@ PUBLISHER = textwrap.dedent("""
 def node_set_running(tmp_path_factory):
     folder = tmp_path_factory.mktemp('large')
     model, _ = build_tiny_checkpoint(folder / 'tiny.pt')
-    params = folder / 'params.yaml'
-    params.write_text(f"""/**/imposing_localizer:
-  ros__parameters:
-    model_path: {model}
-    image_topic: /camera/image_raw
-    search.num_candidates: 256
-    search.levels: 3
-    search.top_k: 16
-    search.num_average: 32
-    min_score: 0.0
-    diagnostic_period: 0.25
-""")
+    params = write_params(folder / 'params.yaml', {
+        'model_path': str(model), 'image_topic': '/camera/image_raw', 'diagnostic_period': 0.25})
     env = dict(os.environ, ROS_DOMAIN_ID=DOMAIN, ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST',
                OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
     env.pop(node_set.DDS_PROFILE_VARIABLE, None)  # `run` sets the packaged profile itself

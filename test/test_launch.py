@@ -237,13 +237,10 @@ def test_launch_brings_localizer_to_active_and_localizes(tmp_path):
     from launch.actions import IncludeLaunchDescription
     from launch.launch_description_sources import PythonLaunchDescriptionSource
     from lifecycle_msgs.msg import State
-    from node_harness import build_tiny_checkpoint, Harness, localize
+    from node_harness import build_tiny_checkpoint, Harness, localize, write_params
 
     model, road = build_tiny_checkpoint(tmp_path / 'tiny.pt')
-    params = tmp_path / 'params.yaml'
-    params.write_text('/**/imposing_localizer:\n  ros__parameters:\n'
-                      '    search.num_candidates: 256\n    search.levels: 3\n'
-                      '    search.top_k: 16\n    search.num_average: 32\n    min_score: 0.0\n')
+    params = write_params(tmp_path / 'params.yaml')
     description = launch.LaunchDescription([IncludeLaunchDescription(
         PythonLaunchDescriptionSource(str(LAUNCH)),
         launch_arguments={'model': str(model), 'params_file': str(params),

@@ -22,10 +22,10 @@ from node_harness import (  # noqa: E402
     Harness,
     IMAGE_TOPIC,
     localize,
-    NODE,
     NodeProcess,
     PRIOR_TOPIC,
     raw_image,
+    write_params,
 )
 from rclpy.duration import Duration  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
@@ -92,21 +92,9 @@ def running(tiny_model, tmp_path_factory):
     """(harness, node process, road, model path) with the node active."""
     path, road = tiny_model
     folder = tmp_path_factory.mktemp('node')
-    params = folder / 'params.yaml'
-    # The same '/**/node' key as config/localizer.yaml: it matches in any namespace.
-    params.write_text(f"""/**/{NODE}:
-  ros__parameters:
-    model_path: {path}
-    search.num_candidates: 256
-    search.levels: 3
-    search.top_k: 16
-    search.num_average: 32
-    tracking.levels: 2
-    min_score: 0.0
-    max_image_age: 1.0
-    camera_extrinsic.xyz: [1.0, 0.0, 1.5]
-    diagnostic_period: 0.5
-""")
+    params = write_params(folder / 'params.yaml', {
+        'model_path': str(path), 'tracking.levels': 2, 'max_image_age': 1.0,
+        'camera_extrinsic.xyz': [1.0, 0.0, 1.5], 'diagnostic_period': 0.5})
     process = NodeProcess(params, folder / 'node.log')
     harness = Harness()
     try:

@@ -9,21 +9,10 @@ OUT=${OUT:-runs/bench_large_images}
 mkdir -p "$OUT"
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-83} OMP_NUM_THREADS=1
 unset FASTDDS_DEFAULT_PROFILES_FILE  # `run` sets the packaged profile itself
-PYTHONPATH=test $PY -c "from test_localizer_node import build_tiny_checkpoint; \
-build_tiny_checkpoint('$OUT/tiny.pt')"
+PYTHONPATH=test $PY -c "from node_harness import build_tiny_checkpoint, write_params; \
+build_tiny_checkpoint('$OUT/tiny.pt'); write_params('$OUT/params.yaml', {'model_path': \
+'$PWD/$OUT/tiny.pt', 'image_topic': '/camera/image_raw', 'diagnostic_period': 0.5})"
 PYTHONPATH=test $PY -c "from test_large_images import PUBLISHER; open('$OUT/camera.py', 'w').write(PUBLISHER)"
-cat > "$OUT/params.yaml" <<P
-/**/imposing_localizer:
-  ros__parameters:
-    model_path: $PWD/$OUT/tiny.pt
-    image_topic: /camera/image_raw
-    search.num_candidates: 256
-    search.levels: 3
-    search.top_k: 16
-    search.num_average: 32
-    min_score: 0.0
-    diagnostic_period: 0.5
-P
 $PY -m imposing_ros.cli run --params "$OUT/params.yaml" --use-filter false > "$OUT/node.log" 2>&1 &
 NODE=$!
 trap 'kill -INT $NODE 2>/dev/null || true' EXIT

@@ -32,7 +32,10 @@ TOLERANCE_DEG = 1e-3
 
 
 def churn(device: torch.device) -> list:
-    """Allocate and fill memory of every small size class and some large blocks; keep it."""
+    """Allocate and fill memory of every small size class and some large blocks.
+
+    The tensors are returned: kept alive, their blocks stay taken during a graph replay.
+    """
     junk = [torch.full((1 + i % 1024,), 1e4, device=device) for i in range(20000)]
     junk.extend(torch.full((n,), -1e4, device=device) for n in (1 << 16, 1 << 20, 1 << 24))
     torch.cuda.synchronize(device)

@@ -34,11 +34,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from imposing_ros.data.frames import Frame
+from imposing_ros.data.frames import IndexedFrames
 from imposing_ros.data.plain import load_rgb
 from imposing_ros.data.rosbag import ReadSummary
 from imposing_ros.data.splits import recordings, SPLITS
@@ -148,7 +147,7 @@ def camera_poses(gnss_poses: np.ndarray, scales: np.ndarray, transforms: dict,
     return np.stack(out) if out else np.zeros((0, 7))
 
 
-class FourSeasons:
+class FourSeasons(IndexedFrames):
     """Keyframes (left camera) of 4Seasons recordings in one map; see the module docstring."""
 
     def __init__(self, root: str | Path, recording_ids: list[str],
@@ -197,22 +196,9 @@ class FourSeasons:
         options.setdefault('reference', SPLITS[f'4seasons/{scene}']['train'][0])
         return cls(root, ids, **options)
 
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    @property
-    def poses(self) -> np.ndarray:
-        """``[M, 7]`` poses without decoding images."""
-        return np.stack([r[2] for r in self.rows])
-
-    @property
-    def stamps(self) -> np.ndarray:
-        """``[M]`` keyframe stamps (ns)."""
-        return np.asarray([r[0] for r in self.rows], dtype=np.int64)
-
-    def __iter__(self) -> Iterator[Frame]:
-        for stamp, path, pose in self.rows:
-            yield Frame(stamp, pose, load_rgb(path), source=str(path))
+    def load_image(self, path: Path) -> np.ndarray:
+        """The keyframe image, RGB."""
+        return load_rgb(path)
 
     def cache_key(self) -> str:
         """What identifies the content for :meth:`ImageCache.build`."""

@@ -1,8 +1,10 @@
-"""The one record every dataset reader yields: a posed image."""
+"""The one record every dataset reader yields: a posed image; the index of file readers."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -34,3 +36,34 @@ class Frame:
         if self.image.ndim != 3 or self.image.shape[2] != 3 or self.image.dtype != np.uint8:
             raise ValueError(f'{self.source or "frame"}: image must be [H, W, 3] uint8 RGB, '
                              f'got {self.image.shape} {self.image.dtype}')
+
+
+class IndexedFrames:
+    """Base of the readers that index their frames at construction, decoding images lazily.
+
+    A subclass fills ``self.rows`` with (stamp ns, image file, pose ``(7,)``) and implements
+    :meth:`load_image`.
+    """
+
+    rows: list[tuple[int, Path, np.ndarray]]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def poses(self) -> np.ndarray:
+        """``[M, 7]`` poses without decoding images."""
+        return np.stack([r[2] for r in self.rows])
+
+    @property
+    def stamps(self) -> np.ndarray:
+        """``[M]`` image stamps (ns)."""
+        return np.asarray([r[0] for r in self.rows], dtype=np.int64)
+
+    def load_image(self, path: Path) -> np.ndarray:
+        """``[H, W, 3]`` uint8 RGB of one row's file."""
+        raise NotImplementedError(f'{type(self).__name__} does not implement load_image')
+
+    def __iter__(self) -> Iterator[Frame]:
+        for stamp, path, pose in self.rows:
+            yield Frame(stamp, pose, self.load_image(path), source=str(path))

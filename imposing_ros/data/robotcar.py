@@ -45,12 +45,11 @@ import csv
 import logging
 import math
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from PIL import Image
 
-from imposing_ros.data.frames import Frame
+from imposing_ros.data.frames import IndexedFrames
 from imposing_ros.data.rosbag import PoseTrack, ReadSummary
 from imposing_ros.data.splits import recordings
 from imposing_ros.geometry import matrix_to_pose, pose_to_matrix
@@ -201,7 +200,7 @@ def undistort_half(image: np.ndarray, lut: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(np.stack(channels, axis=2)), 0, 255).astype(np.uint8)
 
 
-class RobotCar:
+class RobotCar(IndexedFrames):
     """Centre stereo images of RobotCar dates with INS (or VO) poses; see the module docstring."""
 
     def __init__(self, root: str | Path, dates: list[str], pose_source: str = 'ins',
@@ -265,19 +264,6 @@ class RobotCar:
         """Dates of ``robotcar/<scene>`` (loop, full) for ``part`` (splits module)."""
         return cls(root, recordings('robotcar', scene, part), **options)
 
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    @property
-    def poses(self) -> np.ndarray:
-        """``[M, 7]`` poses without decoding images."""
-        return np.stack([r[2] for r in self.rows])
-
-    @property
-    def stamps(self) -> np.ndarray:
-        """``[M]`` image stamps (ns)."""
-        return np.asarray([r[0] for r in self.rows], dtype=np.int64)
-
     def load_image(self, path: Path) -> np.ndarray:
         """Demosaiced (and, with ``models_dir``, undistorted) ``[H, W, 3]`` uint8 RGB."""
         try:
@@ -294,10 +280,6 @@ class RobotCar:
                 self._lut = read_lut(self.models_dir / LUT_NAME, full_shape)
             image = undistort_half(image, self._lut)
         return image
-
-    def __iter__(self) -> Iterator[Frame]:
-        for stamp, path, pose in self.rows:
-            yield Frame(stamp, pose, self.load_image(path), source=str(path))
 
     def cache_key(self) -> str:
         """What identifies the content for :meth:`ImageCache.build`."""

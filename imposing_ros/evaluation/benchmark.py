@@ -155,8 +155,9 @@ def live_entry(path: Path) -> dict:
     if 'median_error_m' not in demo:
         raise ValueError(f'{path}: not a demo summary with errors (imposing-ros demo --json)')
     latency = demo.get('latency_ms', {})
-    return {key: demo[key] for key in ('median_error_m', 'median_error_deg', 'missed',
-                                       'mean_error_m_localized', 'recall') if key in demo} | {
+    kept = ('median_error_m', 'median_error_deg', 'missed', 'mean_error_m',
+            'mean_error_m_localized', 'recall')
+    return {key: demo[key] for key in kept if key in demo} | {
         'frames': demo.get('frames_with_truth'), 'method': 'imposing',
         'frame_ms_median': latency.get('p50', math.nan),
         'frame_ms_p90': latency.get('p90', math.nan),

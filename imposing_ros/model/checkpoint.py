@@ -11,9 +11,8 @@ rebuilt from ``model_config`` and its weights loaded with ``strict=True``.
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
-import tempfile
 from typing import Any
 
 import torch
@@ -22,6 +21,7 @@ from imposing_ros import __version__
 from imposing_ros.config import config_from_dict, config_to_dict
 from imposing_ros.model.encoders import ModelConfig
 from imposing_ros.model.imposing import ImPosing, SceneMap
+from imposing_ros.utils import atomic_write_bytes
 
 FORMAT = 'imposing_ros.checkpoint/1'
 
@@ -54,16 +54,9 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, seed: int, half: b
         'seed': int(seed),
         **extra,
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a model is ordinary data
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return atomic_write_bytes(path, buffer.getbuffer())
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

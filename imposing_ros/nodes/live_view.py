@@ -45,6 +45,8 @@ never holds a publisher back) and, like every subscription of this package, have
 handlers (:class:`~imposing_ros.nodes.events.QuietSubscriptions`, docs/design.md).
 foxglove-sdk is imported only when a view starts; without it a clear error says how to install
 it. Images cost nothing while no client watches them; otherwise at most ``max_image_rate``.
+The view shares the localizer's process: ground-truth poses (``max_pose_rate``) and the
+trajectory lines, which hold every point so far (``max_trajectory_rate``), are rate-limited too.
 Parameters (``PARAMETERS``) are read once, when the node starts.
 """
 
@@ -99,6 +101,11 @@ PARAMETERS = (
      params.in_range(0, 65535)),
     ('max_image_rate', 15.0, 'images forwarded per second at most (0: every image)',
      params.at_least(0.0)),
+    ('max_pose_rate', 15.0, 'ground-truth poses forwarded per second at most (0: every pose)',
+     params.at_least(0.0)),
+    ('max_trajectory_rate', 2.0, 'each trajectory line sent per second at most (0: on every '
+     'new point; a line holds all its points, so sending it often costs the localizer time)',
+     params.at_least(0.0)),
     ('trajectory_length', 5000, 'poses kept in each trajectory (the oldest are dropped)',
      params.at_least(2)),
     ('trajectory_step', 0.5, 'a pose joins a trajectory once this far from the last (m)',
@@ -123,7 +130,7 @@ class LiveViewNode(QuietSubscriptions, Node):
             raise ValueError(f'{node_name}: {reason}')
         self._v = v
         self._skipped_types: set[int] = set()
-        self._last_image = -math.inf
+        self._last_sent: dict[str, float] = {}
         self._estimate_track = Trajectory(v['trajectory_length'], v['trajectory_step'])
         self._truth_track = Trajectory(v['trajectory_length'], v['trajectory_step'])
         # A context of its own: the server advertises these channels only (and two views in
@@ -196,6 +203,14 @@ class LiveViewNode(QuietSubscriptions, Node):
             self._truth_trajectory_ch = channel(ch.PosesInFrameChannel,
                                                 f'{truth.topic_name}/trajectory')
 
+    def _due(self, what: str, rate: float) -> bool:
+        """True when ``what`` may be sent again at ``rate`` per second at most (0: always)."""
+        now = time.monotonic()
+        if rate > 0 and now - self._last_sent.get(what, -math.inf) < 1.0 / rate:
+            return False
+        self._last_sent[what] = now
+        return True
+
     def _log_time(self) -> int | None:
         """Receive time on the node's ROS clock (ns); None (the SDK's wall clock) before /clock."""
         now = self.get_clock().now().nanoseconds
@@ -206,11 +221,8 @@ class LiveViewNode(QuietSubscriptions, Node):
     def _on_image(self, msg):
         if not self._image_ch.has_sinks():  # nobody watches: no copy, no conversion
             return
-        rate = self._v['max_image_rate']
-        now = time.monotonic()
-        if rate > 0 and now - self._last_image < 1.0 / rate:
+        if not self._due('image', self._v['max_image_rate']):
             return
-        self._last_image = now
         m = require_foxglove().messages
         stamp = to_timestamp(msg.header.stamp)
         if self._compressed:
@@ -241,12 +253,15 @@ class LiveViewNode(QuietSubscriptions, Node):
             entity = None
         if entity is not None:
             self._covariance_ch.log(m.SceneUpdate(entities=[entity]), log_time=log_time)
-        if self._estimate_track.add((p.x, p.y, p.z), pose):
+        if self._estimate_track.add((p.x, p.y, p.z), pose) and \
+                self._due('trajectory', self._v['max_trajectory_rate']):
             self._trajectory_ch.log(m.PosesInFrame(timestamp=stamp, frame_id=frame,
                                                    poses=list(self._estimate_track.poses)),
                                     log_time=log_time)
 
     def _on_truth(self, msg: PoseStamped):
+        if not self._due('truth', self._v['max_pose_rate']):
+            return
         m = require_foxglove().messages
         log_time = self._log_time()
         stamp, frame, pose = to_timestamp(msg.header.stamp), msg.header.frame_id, \
@@ -254,7 +269,8 @@ class LiveViewNode(QuietSubscriptions, Node):
         self._truth_ch.log(m.PoseInFrame(timestamp=stamp, frame_id=frame, pose=pose),
                            log_time=log_time)
         p = msg.pose.position
-        if self._truth_track.add((p.x, p.y, p.z), pose):
+        if self._truth_track.add((p.x, p.y, p.z), pose) and \
+                self._due('truth trajectory', self._v['max_trajectory_rate']):
             self._truth_trajectory_ch.log(
                 m.PosesInFrame(timestamp=stamp, frame_id=frame,
                                poses=list(self._truth_track.poses)), log_time=log_time)

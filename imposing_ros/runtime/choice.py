@@ -23,6 +23,7 @@ import time
 import torch
 
 from imposing_ros.runtime import backends
+from imposing_ros.utils import atomic_write_text
 
 LOGGER = logging.getLogger('imposing_ros.runtime')
 
@@ -133,10 +134,7 @@ def choose_cpu_precision(model, scene: str, num_candidates: int, levels: int = 6
                       'agreement': choice.agreement, 'cpu': cpu_signature(),
                       'torch': torch.__version__}
         try:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_suffix(f'.{os.getpid()}.tmp')
-            tmp.write_text(json.dumps(cache, indent=1))
-            os.replace(tmp, cache_file)
+            atomic_write_text(cache_file, json.dumps(cache, indent=1))
         except OSError as exc:  # a read-only home: measure again next time
             LOGGER.warning('cannot cache the backend choice in %s: %s', cache_file, exc)
     return choice
