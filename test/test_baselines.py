@@ -201,3 +201,28 @@ def test_live_row_counts_a_missed_frame_in_its_mean(tmp_path):
     row = live_entry(path)
     assert row['mean_error_m'] == math.inf and row['mean_error_m_localized'] == 1.6
     assert row['frames'] == 20 and row['frame_ms_median'] == 50.0
+
+
+def test_apr_rotation_loss_ignores_the_quaternion_sign():
+    from imposing_ros.baselines.models import build_baseline
+    from imposing_ros.baselines.training import apr_loss
+    from imposing_ros.training.trainer import build_scene_map
+
+    road = SyntheticRoad(length=50.0)
+    maps = {'road': build_scene_map(road.reference_poses(5.0), 64, seed=0)}
+    model = build_baseline(BaselineConfig(method='apr', image_size=(32, 64), dim=32), maps)
+    model.default_scene('road')
+    # Heading 180 deg +- 1 deg: w changes sign, the rotation barely does.
+    yaw = np.deg2rad([179.0, 181.0])
+    poses = torch.tensor([[0.0, 0.0, 1.5, 0.0, 0.0, np.sin(a / 2), np.cos(a / 2)] for a in yaw])
+    truth = maps['road'].normalization.normalize(poses.float())
+    exact = torch.cat([truth[:, :3], truth[:, 3:]], dim=-1)
+    flipped = torch.cat([truth[:, :3], -truth[:, 3:]], dim=-1)
+    _, exact_terms = apr_loss(model, exact, poses)
+    _, flipped_terms = apr_loss(model, flipped, poses)
+    assert exact_terms['loss_q'] == pytest.approx(0.0, abs=1e-6)
+    assert flipped_terms['loss_q'] == pytest.approx(0.0, abs=1e-6)
+    # A prediction 2 deg off costs about 2 deg of quaternion, whichever sign either side has.
+    near = torch.cat([truth[:1, :3], truth[1:, 3:]], dim=-1)  # frame 0 predicted as frame 1
+    _, near_terms = apr_loss(model, near, poses[:1])
+    assert 0 < near_terms['loss_q'] < 0.05

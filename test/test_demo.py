@@ -229,7 +229,61 @@ def test_demo_without_model_fails_clearly(tmp_path):
     assert not (tmp_path / 'bag').exists()  # failed before simulating anything
 
 
-def test_demo_cli_is_registered():
-    from imposing_ros import cli
-    assert cli.COMMANDS['demo'] == 'imposing_ros.nodes.demo'
-    assert cli.COMMANDS['run'] == 'imposing_ros.nodes.runner'
+@pytest.mark.ros
+@pytest.mark.slow
+def test_demo_serves_the_live_view_to_a_client(tiny_bag):
+    """A Foxglove client connected during ``demo --foxglove`` receives the run's messages."""
+    pytest.importorskip('foxglove', reason='foxglove-sdk is not installed')
+    import socket
+    import time
+
+    from websockets.sync.client import connect
+
+    model, bag, params, _ = tiny_bag
+    with socket.socket() as s:  # a free port
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS='1', ROS_DOMAIN_ID='87')
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'imposing_ros.cli', 'demo', '--model', str(model), '--bag',
+         str(bag), '--params', str(params), '--use-filter', 'false', '--foxglove', str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    counts, topics = {}, {}
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                ws = connect(f'ws://127.0.0.1:{port}', subprotocols=['foxglove.sdk.v1'],
+                             open_timeout=2)
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, 'no live view'
+                time.sleep(0.5)
+        with ws:
+            while proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    data = ws.recv(timeout=1)
+                except TimeoutError:
+                    continue
+                except Exception:  # the demo ended and closed the server
+                    break
+                if isinstance(data, str):
+                    op = json.loads(data)
+                    if op['op'] == 'advertise':
+                        new = [c for c in op['channels'] if c['id'] not in topics.values()]
+                        topics.update({c['topic']: c['id'] for c in new})
+                        ws.send(json.dumps({'op': 'subscribe', 'subscriptions': [
+                            {'id': c['id'], 'channelId': c['id']} for c in new]}))
+                elif data[0] == 0x01:  # message data: subscription id, log time, payload
+                    sub = int.from_bytes(data[1:5], 'little')
+                    counts[sub] = counts.get(sub, 0) + 1
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, output[-3000:]
+    received = {topic: counts.get(i, 0) for topic, i in topics.items()}
+    for topic in ('/camera/image_raw/compressed', '/imposing_localizer/pose',
+                  '/imposing_localizer/candidates', '/ground_truth/pose'):
+        assert received.get(topic, 0) > 0, received

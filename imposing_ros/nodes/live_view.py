@@ -45,8 +45,9 @@ never holds a publisher back) and, like every subscription of this package, have
 handlers (:class:`~imposing_ros.nodes.events.QuietSubscriptions`, docs/design.md).
 foxglove-sdk is imported only when a view starts; without it a clear error says how to install
 it. Images cost nothing while no client watches them; otherwise at most ``max_image_rate``.
-The view shares the localizer's process: ground-truth poses (``max_pose_rate``) and the
-trajectory lines, which hold every point so far (``max_trajectory_rate``), are rate-limited too.
+The view shares the localizer's CPU (with ``run``, its process): ground-truth poses
+(``max_pose_rate``) and the trajectory lines, which hold every point so far
+(``max_trajectory_rate``), are rate-limited too.
 Parameters (``PARAMETERS``) are read once, when the node starts.
 """
 
