@@ -13,7 +13,8 @@ export ROS_DOMAIN_ID ?= 42
 export MUJOCO_GL ?= egl
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup debs test lint demo demo-data demo-model baseline-models benchmark bench clean
+.PHONY: setup debs test lint demo demo-data demo-model baseline-models benchmark bench clean \
+  suburb-data two-area-model demo-two-areas
 
 setup: debs $(STAMP)
 
@@ -86,6 +87,48 @@ demo-model: demo-data
 	@$(call timed,$(VENV)/bin/imposing-ros evaluate --model models/helsinki_demo.pt \
 	  --data $(HELDOUT) --backend torch --json runs/helsinki_wide/heldout.json \
 	  --csv runs/helsinki_wide/heldout.csv --plot runs/helsinki_wide/heldout.png,evaluate)
+
+# A second area (config/scenes/suburb.yaml: a suburb from pyrosm's bundled test extract) added
+# to the demo model: frozen backbone, the suburb's head and pose encoder trained in two stages
+# (config/train_suburb.yaml, train_suburb_sharp.yaml), so the Helsinki scene stays the demo
+# model's. The node picks the map with `scene: auto` (make demo-two-areas).
+SUBURB_TRAIN := s1_sunny_summer s2_overcast_autumn s3_dusk_summer s4_snowy_winter
+SUBURB_HELDOUT := data/suburb/s5_heldout_winter_morning
+SUBURB_SPECS = $(foreach t,$(SUBURB_TRAIN),--train suburb=data/suburb/$(t)) \
+  --val suburb=$(SUBURB_HELDOUT)
+TWO_AREAS := models/two_areas.pt
+
+suburb-data: setup
+	@test -f $(SUBURB_HELDOUT)/metadata.yaml || { $(call timed,\
+	  $(VENV)/bin/imposing-ros sim --scene config/scenes/suburb.yaml --out data/suburb,render); }
+
+two-area-model: suburb-data
+	@$(call timed,$(VENV)/bin/imposing-ros train --config config/train_suburb.yaml \
+	  --init-from models/helsinki_demo.pt --out runs/suburb $(SUBURB_SPECS),train stage 1)
+	@$(call timed,$(VENV)/bin/imposing-ros train --config config/train_suburb_sharp.yaml \
+	  --init-from runs/suburb/last.pt --out runs/suburb_sharp --cache runs/suburb/cache \
+	  $(SUBURB_SPECS),train stage 2)
+	@$(call timed,$(VENV)/bin/imposing-ros export --model runs/suburb_sharp/last.pt \
+	  --format checkpoint-fp16 --out $(TWO_AREAS),export)
+	@$(call timed,$(VENV)/bin/imposing-ros calibrate --model $(TWO_AREAS) --scene helsinki \
+	  --data $(CALIBRATION),calibrate)
+	@$(call timed,$(VENV)/bin/imposing-ros evaluate --model $(TWO_AREAS) --scene suburb \
+	  --data $(SUBURB_HELDOUT) --backend torch --json runs/suburb_sharp/heldout.json \
+	  --csv runs/suburb_sharp/heldout.csv,evaluate)
+
+# The live demo through both areas: the Helsinki demo bag, then the first 300 frames of the
+# suburb's held-out traversal, restamped to follow it; scene auto finds the map. The two-area
+# model is not committed (models/ stays under 100 MB): the first run trains it (13 minutes).
+SUBURB_DEMO_BAG := runs/demo/suburb_heldout_sim/s5_heldout_winter_morning
+$(TWO_AREAS):
+	$(MAKE) two-area-model
+
+demo-two-areas: setup $(TWO_AREAS)
+	@test -f $(SUBURB_DEMO_BAG)/metadata.yaml || $(VENV)/bin/imposing-ros sim \
+	  --scene config/scenes/suburb.yaml --traversals s5_heldout_winter_morning \
+	  --max-frames 300 --out runs/demo/suburb_heldout_sim
+	$(VENV)/bin/imposing-ros demo --model $(TWO_AREAS) \
+	  --bag runs/demo/helsinki_heldout $(SUBURB_DEMO_BAG) --json runs/demo/two_areas.json
 
 # The benchmark's baselines (issue 15): image retrieval and pose regression, same data, backbone,
 # input size and schedule as the demo model (config/train_helsinki_{retrieval,apr}.yaml); a run

@@ -223,6 +223,35 @@ def yaw_of_quat(q_xyzw) -> float:
     return math.atan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
 
 
+def turning(poses, stamps_ns, threshold_deg: float = 10.0, window: int = 2,
+            max_gap_s: float = 10.0) -> np.ndarray:
+    """Which of the poses ``[M, 7]`` of drives (in time order) are taken in a turn: bool ``[M]``.
+
+    A frame turns when the camera rotates by more than ``threshold_deg`` between the frames
+    ``window`` before and after it. Frames further apart in time than ``max_gap_s`` belong to
+    different drives (datasets joining several traversals); windows stop at a drive's ends.
+    The default marks, on the simulated city (an image every 3 m), the frames of street corners.
+    """
+    poses = np.asarray(poses, dtype=float).reshape(-1, 7)
+    stamps = np.asarray(stamps_ns, dtype=np.int64).reshape(-1)
+    if len(stamps) != len(poses):
+        raise ValueError(f'{len(poses)} poses but {len(stamps)} stamps')
+    if len(poses) == 0:
+        return np.zeros(0, dtype=bool)
+    breaks = np.flatnonzero(np.abs(np.diff(stamps)) > max_gap_s * 1e9) + 1
+    drive = np.zeros(len(poses), dtype=int)
+    drive[breaks] = 1
+    drive = np.cumsum(drive)
+    starts = np.concatenate([[0], breaks])[drive]
+    ends = np.concatenate([breaks, [len(poses)]])[drive] - 1
+    index = np.arange(len(poses))
+    before = np.maximum(index - window, starts)
+    after = np.minimum(index + window, ends)
+    quats = torch.from_numpy(poses[:, 3:] / np.linalg.norm(poses[:, 3:], axis=1, keepdims=True))
+    angle = rotation_distance(quats[before], quats[after]).numpy()
+    return np.degrees(angle) > threshold_deg
+
+
 def T_camera_optical() -> np.ndarray:  # noqa: N802 (transform naming convention)
     """4x4 transform from the optical frame (z forward) to the camera body frame (x forward)."""
     matrix = np.eye(4)

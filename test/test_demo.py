@@ -25,7 +25,8 @@ from imposing_ros.geometry import (  # noqa: E402
     pose_to_matrix,
     T_camera_optical,
 )
-from imposing_ros.nodes.demo import BagInfo, demo_parameters  # noqa: E402
+from imposing_ros.nodes.demo import demo_parameters  # noqa: E402
+from imposing_ros.nodes.demo_bags import BagInfo, GAP_NS, Playlist  # noqa: E402
 from imposing_ros.nodes.demo_report import summarize  # noqa: E402
 from imposing_ros.runtime.select import CPU_AUTO_BACKENDS  # noqa: E402
 
@@ -130,7 +131,7 @@ def test_bag_info_reads_extrinsic_and_truth(tiny_bag):
 
 def test_summary_counts_errors_and_failures(tiny_bag):
     _, bag, _, _ = tiny_bag
-    info = BagInfo(bag)
+    info = Playlist([bag])
     sent = {START_NS + i * PERIOD_NS: 10.0 + i for i in range(FRAMES)}
     poses = []
     localized = [i for i in range(FRAMES) if i % 4 != 3]  # 3 frames of 4, 2 m off in y
@@ -138,7 +139,7 @@ def test_summary_counts_errors_and_failures(tiny_bag):
         stamp = START_NS + i * PERIOD_NS
         matrix = info.truth_at(stamp).copy()
         matrix[1, 3] += 2.0
-        poses.append((10.0 + i + 0.05, stamp, matrix))
+        poses.append((10.0 + i + 0.05, stamp, matrix, 'map'))
     s = summarize(info, sent, poses, {})
     assert s['poses'] == len(localized) and s['frames_with_truth'] == FRAMES
     assert s['missed'] == FRAMES - len(localized)
@@ -152,6 +153,35 @@ def test_summary_counts_errors_and_failures(tiny_bag):
     assert summarize(info, sent, half, {})['median_error_m'] == math.inf
 
 
+def test_playlist_restamps_later_bags_and_counts_wrong_maps_as_misses(tiny_bag):
+    """Two bags in sequence: the second follows the first; a pose in another map is a miss."""
+    _, bag, _, _ = tiny_bag
+    info = Playlist([bag, bag])
+    first, second = info.bags
+    assert info.offsets[1] == first.end_ns + GAP_NS - second.start_ns
+    assert info.images == 2 * FRAMES
+    later = START_NS + info.offsets[1]  # the second bag's first image, as played
+    assert info.bag_index(later) == 1 and info.bag_index(later - GAP_NS) == 0
+    assert np.allclose(info.truth_at(later), info.truth_at(START_NS))
+    info.map_frames = ['map_a', 'map_b']
+    sent, poses = {}, []
+    for k, offset in enumerate(info.offsets):
+        for i in range(FRAMES):
+            stamp = START_NS + i * PERIOD_NS + offset
+            sent[stamp] = float(i)
+            # The second bag's first 4 images are still localized in the first bag's map.
+            frame = 'map_a' if k == 0 or i < 4 else 'map_b'
+            poses.append((i + 0.05, stamp, info.truth_at(stamp), frame))
+    s = summarize(info, sent, poses, {})
+    assert s['frames_with_truth'] == 2 * FRAMES and s['missed'] == 4
+    a, b = s['bags']
+    assert a['missed'] == 0 and 'frames_to_switch' not in a
+    assert b['missed'] == 4 and b['frames_to_switch'] == 4
+    assert b['median_error_m'] == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError, match='no bag'):
+        Playlist([])
+
+
 @pytest.mark.ros
 @pytest.mark.slow
 def test_demo_end_to_end(tiny_bag):
@@ -160,16 +190,20 @@ def test_demo_end_to_end(tiny_bag):
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
     proc = subprocess.run(
         [sys.executable, '-m', 'imposing_ros.cli', 'demo', '--model', str(model), '--bag',
-         str(bag), '--params', str(params), '--use-filter', 'false', '--json', str(out)],
+         str(bag), str(bag), '--params', str(params), '--use-filter', 'false', '--json',
+         str(out)],
         capture_output=True, text=True, env=env, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert f'frames: {FRAMES} images played' in proc.stdout
+    assert f'frames: {2 * FRAMES} images played' in proc.stdout
     assert 'frame failed' not in proc.stdout + proc.stderr, proc.stderr[-3000:]
     summary = json.loads(out.read_text())
-    assert summary['images_sent'] == FRAMES
+    # The bag twice: the second pass restamped after the first (deserialized, re-published).
+    assert summary['images_sent'] == 2 * FRAMES
     # 10 Hz replay, ~30 ms per frame: nearly every frame is localized.
-    assert FRAMES // 2 <= summary['poses'] <= FRAMES
-    assert summary['frames_with_truth'] == FRAMES
+    assert FRAMES <= summary['poses'] <= 2 * FRAMES
+    assert summary['frames_with_truth'] == 2 * FRAMES
+    assert [b['frames_with_truth'] for b in summary['bags']] == [FRAMES, FRAMES]
+    assert summary['bags'][1]['missed'] < FRAMES // 2  # the restamped bag is localized too
     assert math.isfinite(summary['median_error_m'])
     assert summary['latency_ms']['p50'] > 0
     assert summary['localizer backend'] in CPU_AUTO_BACKENDS  # auto: timed at load

@@ -160,3 +160,20 @@ def test_optical_extrinsic_gives_body_frame():
     assert np.allclose(body @ geo.T_camera_optical(), np.eye(4))
     # Body x (forward) is the optical z axis: base z here.
     assert np.allclose(body[:3, 0], [0, 0, 1])
+
+
+def test_turning_marks_corners_within_each_drive():
+    from imposing_ros.geometry import rpy_to_quat, turning
+
+    yaw = np.concatenate([np.zeros(10), np.linspace(0, np.pi / 2, 6)[1:], np.full(10, np.pi / 2)])
+    quats = rpy_to_quat(torch.tensor(np.stack([0 * yaw, 0 * yaw, yaw], 1))).numpy()
+    poses = np.concatenate([np.zeros((len(yaw), 3)), quats], axis=1)
+    stamps = np.arange(len(yaw)) * 400_000_000
+    turns = turning(poses, stamps)  # 18 deg a frame from frame 10 to 14
+    assert not turns[:7].any() and turns[9:16].all() and not turns[18:].any()
+    # Two drives joined (a day apart): no turn is seen across the junction.
+    both = turning(np.concatenate([poses[:10], poses[-10:]]),
+                   np.concatenate([stamps[:10], stamps[:10] + 86_400 * 10**9]))
+    assert not both.any()
+    with pytest.raises(ValueError, match='stamps'):
+        turning(poses, stamps[:-1])

@@ -1,5 +1,6 @@
 """The torch-int8 CPU backend: quantized programs agree with fp32, are cached, fail clearly."""
 
+import json
 import logging
 from pathlib import Path
 
@@ -85,15 +86,61 @@ def test_int8_localizer_follows_fp32(model, cache):
     assert abs(a.score - b.score) < 0.05
 
 
-def test_auto_picks_int8_where_its_programs_are(model, cache, tmp_path, caplog):
+def test_auto_times_int8_against_float(model, cache, tmp_path, caplog, monkeypatch):
+    from imposing_ros.runtime import choice
+
+    monkeypatch.setattr(choice, 'CACHE_FILE', tmp_path / 'choice.json')
     with caplog.at_level(logging.INFO, logger='imposing_ros.runtime'):
         backend = select_backend('auto', model, num_candidates=N, cache_dir=str(cache))
-    assert backend.name == 'torch-int8' and 'int8 programs of this model' in caplog.text
+    assert 'int8 against it' in backend.choice, caplog.text
+    # The choice follows the measurement: int8 only when faster and agreeing with fp32.
+    entry = [e for e in json.loads((tmp_path / 'choice.json').read_text()).values()
+             if 'int8' in e['milliseconds']][0]
+    ms = entry['milliseconds']
+    float_name = next(k for k in ms if k != 'int8')
+    wins = ms['int8'] * choice.MIN_GAIN <= ms[float_name] and \
+        entry['agreement'] >= choice.MIN_INT8_AGREEMENT
+    assert entry['precision'] == ('int8' if wins else float_name)
+    assert backend.name == ('torch-int8' if wins else
+                            {'fp32': 'torch', 'bf16': 'torch-bf16'}[float_name])
+    # The next start reads the verdict from the cache.
+    again = select_backend('auto', model, num_candidates=N, cache_dir=str(cache))
+    assert again.name == backend.name and 'int8 against it: ' in again.choice
+    assert 'cache' in again.choice.split('int8 against it: ')[1]
     # No programs (or no inductor to run them): the float backends, as before.
     assert select_backend('auto', model, num_candidates=N, cache_dir=str(tmp_path),
                           inductor='off').name in ('torch', 'torch-bf16')
     assert select_backend('auto', model, num_candidates=N, cache_dir=str(cache),
                           inductor='off').name in ('torch', 'torch-bf16')
+
+
+def test_auto_builds_int8_from_the_checkpoint_images(model, tmp_path, caplog, monkeypatch):
+    """A checkpoint through `calibrate` carries images; auto builds the programs once."""
+    from imposing_ros.data.synthetic import SyntheticRoad
+    from imposing_ros.localization.calibration import calibrate
+    from imposing_ros.model.checkpoint import save_checkpoint
+    from imposing_ros.runtime import choice
+    from imposing_ros.runtime.int8 import CHECKPOINT_KEY, DEFAULT_CALIBRATION_FRAMES
+
+    monkeypatch.setattr(choice, 'CACHE_FILE', tmp_path / 'choice.json')
+    road = SyntheticRoad(length=200.0, size=TINY.image_size)
+    path = save_checkpoint(tmp_path / 'm.pt', model, 0)
+    calibrate(path, road.frames(40, seed=1), path, count=20)
+    _, data = load_model(path)
+    stored = data[CHECKPOINT_KEY][model.scenes[0]]
+    assert stored.dtype == torch.uint8
+    assert tuple(stored.shape) == (DEFAULT_CALIBRATION_FRAMES, *TINY.image_size, 3)
+    programs = tmp_path / 'programs'
+    config = LocalizerConfig(search=SEARCH)
+    with caplog.at_level(logging.INFO, logger='imposing_ros.runtime'):
+        first = Localizer.from_checkpoint(path, config=config, engine_cache=str(programs))
+    assert 'building the int8 programs' in caplog.text
+    assert len(list(programs.glob('*-int8-*.pt2'))) == 2
+    assert 'int8 against it' in first.backend.choice
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger='imposing_ros.runtime'):
+        second = Localizer.from_checkpoint(path, config=config, engine_cache=str(programs))
+    assert 'building' not in caplog.text and second.backend_name == first.backend_name
 
 
 def test_missing_programs_name_the_export_command(model, tmp_path):

@@ -350,3 +350,9 @@ def test_runner_passes_every_parameter_file(tmp_path):
     files = [args[i + 1] for i, a in enumerate(args) if a == '--params-file']
     assert files == [str(node_set.config_file('localizer.yaml')), str(mine)]
     assert args[-2:] == ['--log-level', 'debug']
+    # With the filter: the shared file comes after both packaged files, so its block for the
+    # filter wins over the filter's defaults (it came before them once: map_frame was lost).
+    both = ros_arguments(node_set.plan(str(mine), use_filter='true'))
+    files = [both[i + 1] for i, a in enumerate(both) if a == '--params-file']
+    assert files == [str(node_set.config_file('localizer.yaml')),
+                     str(node_set.config_file('motion_filter.yaml')), str(mine)]

@@ -59,6 +59,10 @@ def test_scene_localizer_auto_votes_with_hysteresis(two_scenes):
     auto = SceneLocalizer.from_checkpoint(path, 'auto', switch_frames=2, config=SMALL,
                                           backend='torch', inductor='off')
     assert auto.scenes == ['east', 'west'] and auto.scene is None
+    # No scene scores the image over min_score (none reaches 2): no vote, no scene yet.
+    unrecognised = auto.localize(image, min_score=2.0)
+    assert set(unrecognised.scores) == {'east', 'west'} and not unrecognised.switched
+    assert auto.scene is None
     first = auto.localize(image)
     assert first.switched and set(first.scores) == {'east', 'west'}
     winner = max(first.scores, key=first.scores.get)
@@ -69,7 +73,9 @@ def test_scene_localizer_auto_votes_with_hysteresis(two_scenes):
     second = auto.localize(image)
     assert (second.scene, second.switched) == (other, False)
     assert second.result.score == pytest.approx(second.scores[other])
-    third = auto.localize(image)
+    # A challenger with a vote keeps frames global: a prior in the old map does not stop it.
+    third = auto.localize(image, second.result.pose, np.eye(6))
+    assert set(third.scores) == {'east', 'west'} and third.result.mode == 'global'
     assert (third.scene, third.switched) == (winner, True)
     # A prior is a pose of the scene in use: only that scene is searched.
     tracked = auto.localize(image, third.result.pose, np.eye(6))
@@ -89,6 +95,30 @@ def test_scene_localizer_fixed_scene_and_refusals(two_scenes):
         SceneLocalizer.from_checkpoint(path, 'north', config=SMALL, backend='torch')
     with pytest.raises(ValueError, match=r"scenes \['east', 'west'\]: set scene"):
         SceneLocalizer.from_checkpoint(path, '', config=SMALL, backend='torch')
+
+
+def test_evaluate_scene_auto_counts_votes_and_wrong_scenes_as_misses(two_scenes):
+    from imposing_ros.data.synthetic import SyntheticRoad
+    from imposing_ros.evaluation.cli import evaluate
+
+    path, _ = two_scenes
+    frames = list(SyntheticRoad(length=100.0).frames(12, seed=4))
+    result = evaluate(path, frames, 'auto', SMALL, backend='torch', inductor='off',
+                      expect_scene='east')
+    votes, summary = result.summary['scene_votes'], result.summary
+    assert sum(votes.values()) == len(frames) and set(votes) == {'east', 'west', 'none'}
+    voted = votes['east'] + votes['west']
+    assert summary['scene_accuracy'] == pytest.approx(votes['east'] / voted)
+    assert summary['failed'] >= votes['west']  # a frame won by west is a miss
+    # At a min_score no frame reaches, no frame votes and every frame is a miss.
+    strict = evaluate(path, frames, 'auto', SMALL, backend='torch', inductor='off',
+                      min_score=2.0, expect_scene='east').summary
+    assert strict['scene_votes']['none'] == len(frames) and strict['failed'] == len(frames)
+    with pytest.raises(ValueError, match='--expect-scene'):
+        evaluate(path, frames, 'auto', SMALL, backend='torch', inductor='off')
+    with pytest.raises(ValueError, match="unknown scene 'north'"):
+        evaluate(path, frames, 'auto', SMALL, backend='torch', inductor='off',
+                 expect_scene='north')
 
 
 def test_map_frame_patterns():

@@ -234,3 +234,63 @@ def test_stages_stop_after_and_init_from(road_data, tmp_path):
     with pytest.raises(ValueError, match='model config differs'):
         train(scenes, tmp_path / 'three', other, train_config(1, val_every=0), SEARCH,
               resume=False, init_from=first.checkpoint)
+
+
+def test_adding_a_scene_with_a_frozen_backbone_keeps_the_others(road_data, tmp_path):
+    """A trained model learns a second map; its backbone and first scene stay bit-identical."""
+    road, train_cache, _ = road_data
+    scenes = {'road': SceneData(CachedPosedImages(train_cache, np.arange(32)), None,
+                                road.reference_poses())}
+    first = train(scenes, tmp_path / 'one', MODEL, train_config(1, val_every=0), SEARCH,
+                  resume=False)
+    other = SyntheticRoad(length=100.0, size=(32, 64), seed=21)
+    cache = ImageCache.build(other.frames(32, seed=3), tmp_path / 'other', (32, 64))
+    added = {'other': SceneData(CachedPosedImages(cache), None, other.reference_poses())}
+    frozen = train_config(1, val_every=0, freeze_backbone=True)
+    second = train(added, tmp_path / 'two', MODEL, frozen, SEARCH, resume=False,
+                   init_from=first.checkpoint)
+    assert second.model.scenes == ['road', 'other']
+    before, after = first.model.state_dict(), second.model.state_dict()
+    kept = [k for k in before if k.startswith(('image_encoder.backbone.',
+                                               'image_encoder.heads.road.',
+                                               'pose_encoders.road.'))]
+    assert kept and all(torch.equal(before[k], after[k]) for k in kept)  # BN statistics too
+    head = second.model.image_encoder.heads['other']
+    assert head.weight.shape == before['image_encoder.heads.road.weight'].shape
+    with pytest.raises(ValueError, match='freeze_backbone needs trained features'):
+        train(added, tmp_path / 'three', MODEL, frozen, SEARCH, resume=False)
+
+
+def test_turn_weight_draws_turning_frames_more_often(road_data):
+    from imposing_ros.training.loop import make_loaders
+
+    road, train_cache, _ = road_data
+    turning = np.zeros(len(train_cache), bool)
+    turning[:len(turning) // 10] = True  # a tenth of the frames turn
+    data = SceneData(CachedPosedImages(train_cache), None, road.reference_poses(), turning)
+    loader = make_loaders({'road': data}, train_config(1, turn_weight=9.0))['road']
+    drawn = np.array(list(loader.sampler))
+    assert len(drawn) == len(train_cache)  # an epoch keeps its length
+    assert 0.4 < turning[drawn].mean() < 0.6  # 9 x 10 % against 90 %: half of the draws
+    with pytest.raises(ValueError, match='turn_weight'):
+        train_config(1, turn_weight=0.0)
+    with pytest.raises(ValueError, match='which training frames turn'):
+        make_loaders({'road': SceneData(data.train, None, data.reference_poses)},
+                     train_config(1, turn_weight=2.0))
+
+
+def test_config_overrides_on_the_command_line(tmp_path):
+    from imposing_ros.training.cli import load_configs
+
+    path = tmp_path / 'c.yaml'
+    path.write_text('train:\n  lr: 0.001\n  epochs: 3\n')
+    _, train_cfg, search_cfg = load_configs(
+        str(path), overrides=['train.lr=1e-4', 'train.freeze_backbone=true', 'search.levels=4'])
+    assert (train_cfg.lr, train_cfg.epochs, train_cfg.freeze_backbone) == (1e-4, 3, True)
+    assert search_cfg.levels == 4
+    with pytest.raises(ValueError, match='SECTION.KEY=VALUE'):
+        load_configs(str(path), overrides=['lr=1e-4'])
+    with pytest.raises(ValueError, match='unknown section'):
+        load_configs(str(path), overrides=['optim.lr=1e-4'])
+    with pytest.raises(ValueError, match='unknown'):  # a key the section does not have
+        load_configs(str(path), overrides=['train.learning_rate=1e-4'])

@@ -37,7 +37,7 @@ import torch
 
 from imposing_ros.localization.localizer import Localizer, LocalizerConfig
 from imposing_ros.localization.search import SearchConfig
-from imposing_ros.model.checkpoint import load_model, save_checkpoint
+from imposing_ros.model.checkpoint import load_model, read_checkpoint, save_checkpoint
 from imposing_ros.model.encoders import ModelConfig
 from imposing_ros.model.imposing import ImPosing
 from imposing_ros.runtime.int8 import DEFAULT_CALIBRATION_FRAMES
@@ -204,11 +204,18 @@ def make_backend(model: ImPosing, args: argparse.Namespace, num_candidates: int,
     or, for the random model of a timing run, calibrated on noise images (timing only: time
     does not depend on the activation ranges).
     """
-    if args.backend != 'torch-int8':
+    from imposing_ros.runtime.int8 import (
+        calibration_images,
+        Int8Backend,
+        stored_calibration_images,
+    )
+
+    stored = stored_calibration_images(read_checkpoint(args.model), model.default_scene()) \
+        if args.model else None
+    if args.backend != 'torch-int8':  # auto: int8 too, where the checkpoint carries images
         return select_backend(args.backend, model, None, args.device, num_candidates,
                               cache_dir=args.engine_cache, inductor=args.inductor,
-                              levels=levels)
-    from imposing_ros.runtime.int8 import calibration_images, Int8Backend
+                              levels=levels, calibration_images=stored)
 
     if args.inductor == 'off':
         raise ValueError('the torch-int8 backend runs through inductor: inductor cannot be off')
@@ -219,7 +226,7 @@ def make_backend(model: ImPosing, args: argparse.Namespace, num_candidates: int,
         generator = torch.Generator().manual_seed(0)
         images = [torch.rand((1, 3, *size), generator=generator) for _ in range(4)]
     else:
-        images = None  # the programs must be in --engine-cache
+        images = stored  # those of the checkpoint, else the programs must be in --engine-cache
     with tempfile.TemporaryDirectory() as tmp:  # programs are in memory once loaded
         return Int8Backend(model, None, args.device, args.engine_cache or tmp, images,
                            num_candidates)

@@ -27,8 +27,10 @@ from imposing_ros.evaluation.metrics import (
     format_summary,
     pose_errors,
     summarize,
+    turn_recalls,
 )
 from imposing_ros.localization.localizer import LocalizerConfig
+from imposing_ros.localization.scenes import AUTO, SceneLocalizer, SceneVoteLocalizer
 from imposing_ros.runtime.select import add_backend_arguments, DEFAULT_BACKEND, DEFAULT_INDUCTOR
 from imposing_ros.utils import atomic_write_text
 
@@ -59,14 +61,32 @@ class Evaluation(NamedTuple):
 def evaluate(model_path: str | Path, frames, scene: str | None = None,
              config: LocalizerConfig | None = None, device: str = 'cpu',
              backend: str = DEFAULT_BACKEND, inductor: str = DEFAULT_INDUCTOR,
-             engine_cache: str | None = None, min_score: float = 0.0):
+             engine_cache: str | None = None, min_score: float = 0.0,
+             expect_scene: str | None = None):
     """Localize every frame; return (summary dict, estimates [M, 7], truth [M, 7], scores).
 
     A frame fails (infinite error, NaN estimate) when localization raises or when its best score
     is 0 or under ``min_score``: a pose nobody would publish is not counted as a pose. The
     summary adds the calibration of the covariances of the localized frames
     (:func:`~imposing_ros.evaluation.metrics.covariance_calibration`).
+
+    ``scene='auto'`` (a multi-scene model): every frame is searched in every scene and the best
+    score picks one (:class:`~imposing_ros.localization.scenes.SceneVoteLocalizer`); the frames
+    are of ``expect_scene``, a frame won by another scene is a miss, and the summary adds
+    ``scene_votes`` (``none``: no scene scored ``min_score``, no vote) and ``scene_accuracy``
+    (share of the voting frames the right scene won).
     """
+    if scene == AUTO:
+        if not expect_scene:
+            raise ValueError('--scene auto needs --expect-scene: the scene the frames are in')
+        scenes = SceneLocalizer.from_checkpoint(model_path, AUTO, config=config, device=device,
+                                                backend=backend, inductor=inductor,
+                                                engine_cache=engine_cache)
+        vote = SceneVoteLocalizer(scenes.localizers, expect_scene, min_score)
+        result = evaluate_localizer(vote, frames, min_score)
+        result.summary['scene_votes'] = dict(vote.votes)
+        result.summary['scene_accuracy'] = vote.accuracy
+        return result
     localizer = open_localizer(model_path, scene, config, device, backend, inductor,
                                engine_cache)
     return evaluate_localizer(localizer, frames, min_score)
@@ -106,6 +126,7 @@ def evaluate_localizer(localizer, frames, min_score: float = 0.0,
     et, er = pose_errors(torch.from_numpy(est), torch.from_numpy(gt))
     summary = summarize(et.numpy(), er.numpy())
     summary['low_score'] = low_score
+    summary.update(turn_recalls(et.numpy(), er.numpy(), gt, np.asarray(stamps, np.int64)))
     covariances = np.stack(covariances)
     summary.update(covariance_calibration(est, gt, covariances))
     return Evaluation(summary, est, gt, np.asarray(scores), np.asarray(stamps, np.int64), sources,
@@ -116,7 +137,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``imposing-ros evaluate``."""
     parser.add_argument('--model', required=True, help='checkpoint (.pt)')
     parser.add_argument('--data', required=True, help='test dataset spec (folder, bag, ...)')
-    parser.add_argument('--scene', help='scene of a multi-scene model')
+    parser.add_argument('--scene', help='scene of a multi-scene model, or auto: every frame '
+                        'searched in every scene, the best score picks it (needs --expect-scene)')
+    parser.add_argument('--expect-scene', metavar='SCENE',
+                        help='with --scene auto: the scene the frames are in (a frame another '
+                             'scene wins is a miss)')
     parser.add_argument('--candidates', type=int, help='candidates per level (default 4096)')
     parser.add_argument('--levels', type=int, help='levels (default 6)')
     parser.add_argument('--device', default='cpu')
@@ -142,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
         search = replace(search, levels=args.levels)
     result = evaluate(args.model, open_dataset(args.data), args.scene,
                       LocalizerConfig(search=search), args.device, args.backend, args.inductor,
-                      args.engine_cache, args.min_score)
+                      args.engine_cache, args.min_score, args.expect_scene)
     summary, est, gt, scores, stamps, sources = result[:6]
     print(format_summary(summary))
     if args.json:

@@ -8,7 +8,7 @@ import numpy as np
 import roma
 import torch
 
-from imposing_ros.geometry import canonical_quat, rotation_distance
+from imposing_ros.geometry import canonical_quat, rotation_distance, turning
 
 # Squared Mahalanobis radius of the 95 % ellipse of a 2-D Gaussian: chi2.ppf(0.95, 2).
 CHI2_2DOF_95 = -2.0 * math.log(0.05)
@@ -92,6 +92,23 @@ def summarize(errors_t, errors_r) -> dict:
     return out
 
 
+def turn_recalls(errors_t, errors_r, truth, stamps_ns) -> dict:
+    """Recall at 5 m / 10 deg in turns (street corners) and elsewhere: where a model fails.
+
+    Turns are :func:`imposing_ros.geometry.turning` of the true poses ``[M, 7]`` (time order).
+    Returns ``turning_frames``, ``recall_5m_10deg_turning`` and ``recall_5m_10deg_straight``
+    (NaN where a part is empty); a failed frame (infinite error) is a miss.
+    """
+    meters, degrees = RECALL_THRESHOLDS[-1]
+    turns = turning(truth, stamps_ns)
+    within = (np.asarray(errors_t) <= meters) & (np.asarray(errors_r) <= degrees)
+    out = {'turning_frames': int(turns.sum())}
+    for name, mask in (('turning', turns), ('straight', ~turns)):
+        out[f'recall_{meters:g}m_{degrees:g}deg_{name}'] = \
+            float(within[mask].mean()) if mask.any() else math.nan
+    return out
+
+
 def report_entry(errors_t, errors_r) -> dict:
     """The accuracy keys shared by the demo's and the benchmark's summaries.
 
@@ -117,8 +134,16 @@ def format_summary(summary: dict) -> str:
     lines = [f"frames {summary['frames']} (failed {summary['failed']}{low})",
              f"median {summary['median_m']:.2f} m, {summary['median_deg']:.2f} deg; "
              f"mean {summary['mean_m']:.2f} m, {summary['mean_deg']:.2f} deg"]
-    recalls = [f'{k[7:]}: {100 * v:.1f}%' for k, v in summary.items() if k.startswith('recall_')]
+    recalls = [f'{k[7:]}: {100 * v:.1f}%' for k, v in summary.items()
+               if k.startswith('recall_') and not k.endswith(('_turning', '_straight'))]
     lines.append('recall ' + ', '.join(recalls))
+    if 'turning_frames' in summary:
+        lines.append(f"recall 5m_10deg in turns ({summary['turning_frames']} frames): "
+                     f"{100 * summary['recall_5m_10deg_turning']:.1f}%, elsewhere "
+                     f"{100 * summary['recall_5m_10deg_straight']:.1f}%")
+    if 'scene_votes' in summary:
+        lines.append(f"right scene on {100 * summary['scene_accuracy']:.1f}% of the frames that "
+                     f"vote (votes {summary['scene_votes']}; none: no score at --min-score)")
     if 'xy_in_95_ellipse' in summary:
         lines.append(f"covariance: {100 * summary['xy_in_95_ellipse']:.1f}% of true (x, y) in "
                      f"the 95% ellipse, NEES {summary['nees']:.2f} (6 DoF, 6 if calibrated), "

@@ -5,7 +5,8 @@ to the real error depends on the model, so one factor per model is fitted on pos
 (reference images of the scene, not the evaluation set): the factor that puts the true (x, y)
 of 95 % of the frames inside the 95 % ellipse. It is stored in the checkpoint
 (``covariance_scale``) and applied by every :class:`~imposing_ros.localization.localizer.Localizer`
-loaded from it, so the node, ``evaluate`` and the demo publish the same covariance.
+loaded from it, so the node, ``evaluate`` and the demo publish the same covariance. The same
+command stores a few of the frames for int8 calibration (:mod:`imposing_ros.runtime.int8`).
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from imposing_ros.data.cache import resize_image
 from imposing_ros.evaluation.metrics import CHI2_2DOF_95
 from imposing_ros.localization.localizer import Localizer
 from imposing_ros.model.checkpoint import load_model, read_checkpoint, save_checkpoint
+from imposing_ros.runtime.int8 import CHECKPOINT_KEY, DEFAULT_CALIBRATION_FRAMES
 
 LOGGER = logging.getLogger('imposing_ros.localization')
 DEFAULT_FRAMES = 200
@@ -70,7 +73,14 @@ def calibrate(model_path: str | Path, frames, out: str | Path, count: int = DEFA
                'covariance_scale': scale}
     model, data = load_model(model_path)
     extra = {k: v for k, v in read_checkpoint(model_path).items()
-             if k in ('train_config', 'epoch', 'history')}
+             if k in ('train_config', 'epoch', 'history', CHECKPOINT_KEY)}
+    # Images for int8 (backend auto builds its programs from them on a new machine): evenly
+    # spaced calibration frames at the model's input size, uint8.
+    pick = np.linspace(0, len(frames) - 1, min(DEFAULT_CALIBRATION_FRAMES, len(frames)))
+    size = tuple(model.config.image_size)
+    images = np.stack([resize_image(frames[i].image, size) for i in pick.round().astype(int)])
+    extra[CHECKPOINT_KEY] = {**extra.get(CHECKPOINT_KEY, {}),
+                             localizer.scene: torch.from_numpy(images)}
     half = any(v.dtype == torch.float16 for v in data['state_dict'].values())
     path = save_checkpoint(out, model, data['seed'], half=half, covariance_scale=scale, **extra)
     LOGGER.info('covariance scale %.3g fitted on %d frames (median error %.2f m)', scale,

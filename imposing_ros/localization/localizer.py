@@ -32,6 +32,7 @@ from imposing_ros.model.checkpoint import load_model
 from imposing_ros.model.imposing import ImPosing
 from imposing_ros.model.preprocess import preprocess
 from imposing_ros.runtime.backends import Backend
+from imposing_ros.runtime.int8 import stored_calibration_images
 from imposing_ros.runtime.select import DEFAULT_BACKEND, DEFAULT_INDUCTOR, select_backend
 
 LOGGER = logging.getLogger('imposing_ros.localization')
@@ -100,15 +101,16 @@ class Localizer:
     ``initial_poses [M, 7]`` replaces the map's level-0 set (e.g. every reference pose: their
     codes are computed here once, so a larger set costs one matrix product per frame).
     ``backend`` is a name of :data:`~imposing_ros.runtime.backends.BACKENDS` or a built backend;
-    ``inductor`` and ``engine_cache`` are passed to
-    :func:`~imposing_ros.runtime.backends.select_backend`.
+    ``inductor``, ``engine_cache`` and ``calibration_images`` (int8, see
+    :func:`~imposing_ros.runtime.select.select_backend`) are passed to it.
     """
 
     def __init__(self, model: ImPosing, scene: str | None = None,
                  config: LocalizerConfig | None = None, device: str | torch.device = 'cpu',
                  backend: str | Backend = DEFAULT_BACKEND,
                  initial_poses: torch.Tensor | None = None, inductor: str = DEFAULT_INDUCTOR,
-                 engine_cache: str | None = None, covariance_scale: float = 1.0):
+                 engine_cache: str | None = None, covariance_scale: float = 1.0,
+                 calibration_images=None):
         if not (math.isfinite(covariance_scale) and covariance_scale > 0):
             raise ValueError(f'covariance_scale must be finite and > 0, got {covariance_scale}')
         # Factor on the candidates' spread, fitted per model (imposing-ros calibrate).
@@ -123,7 +125,8 @@ class Localizer:
         else:
             self.backend = select_backend(backend, model.eval(), self.scene, self.device, n,
                                           cache_dir=engine_cache, inductor=inductor,
-                                          levels=self.config.search.levels)
+                                          levels=self.config.search.levels,
+                                          calibration_images=calibration_images)
         if initial_poses is None:
             initial_poses = model.maps[self.scene].initial_poses
             if len(initial_poses) != n:
@@ -161,9 +164,11 @@ class Localizer:
         (:func:`imposing_ros.runtime.backends.select_backend`).
         """
         model, data = load_model(path, 'cpu')
+        scene = model.default_scene(scene)
         return cls(model, scene, config, device, backend, inductor=inductor,
                    engine_cache=engine_cache,
-                   covariance_scale=float(data.get('covariance_scale', 1.0)))
+                   covariance_scale=float(data.get('covariance_scale', 1.0)),
+                   calibration_images=stored_calibration_images(data, scene))
 
     @property
     def backend_name(self) -> str:

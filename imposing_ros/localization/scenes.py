@@ -5,8 +5,10 @@ scene of a checkpoint. With a fixed scene it is that scene's localizer. With ``a
 search (no prior: first frame, lost tracking, relocalization) runs in every scene and the best
 score votes for its scene; :class:`SceneSwitch` changes the scene in use only after
 ``switch_frames`` consecutive votes for the same other scene, so one ambiguous frame does not
-move the robot to another map. A search around a prior runs in the scene in use only (the prior
-is a pose of that map). No ROS here.
+move the robot to another map, and a search no scene scores well (under the node's
+``min_score``) casts no vote. A search around a prior runs in the scene in use only (the prior
+is a pose of that map), except while another scene has won votes: then every frame is global
+until the switch happens or the scene in use wins again. No ROS here.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 import numpy as np
 
 from imposing_ros.localization.localizer import LocalizationResult, Localizer
+from imposing_ros.runtime.int8 import stored_calibration_images
 
 LOGGER = logging.getLogger('imposing_ros.localization')
 
@@ -116,6 +119,7 @@ class SceneLocalizer:
         localizers = {}
         for name in wanted:
             localizers[name] = Localizer(model, name, covariance_scale=scale,
+                                         calibration_images=stored_calibration_images(data, name),
                                          **localizer_args)
         return cls(localizers, scene, switch_frames)
 
@@ -152,9 +156,18 @@ class SceneLocalizer:
         self.switch.set(check_scene(scene, self.scenes))
 
     def localize(self, image: np.ndarray, prior_pose: np.ndarray | None = None,
-                 prior_covariance: np.ndarray | None = None) -> SceneResult:
-        """Localize ``image``; a prior is a camera pose in the scene in use (see class doc)."""
-        if prior_pose is not None or not self.auto or len(self.localizers) == 1:
+                 prior_covariance: np.ndarray | None = None,
+                 min_score: float = 0.0) -> SceneResult:
+        """Localize ``image``; a prior is a camera pose in the scene in use (see class doc).
+
+        A global search whose best score is under ``min_score`` (the node's: a pose it would
+        not publish) casts no vote: no scene recognised the image.
+        """
+        # While another scene challenges the one in use, frames stay global until the vote is
+        # decided: a good score around a prior in the old map must not stop the count.
+        challenged = self.switch.pending[1] > 0
+        if (prior_pose is not None and not challenged) or not self.auto or \
+                len(self.localizers) == 1:
             scene = self.scene or self.scenes[0]
             result = self.localizers[scene].localize(image, prior_pose, prior_covariance)
             switched = self.switch.current is None
@@ -163,11 +176,48 @@ class SceneLocalizer:
         results = {name: loc.localize(image) for name, loc in self.localizers.items()}
         scores = {name: r.score for name, r in results.items()}
         winner = max(scores, key=scores.get)
+        if scores[winner] < min_score or scores[winner] <= 0:
+            scene = self.scene or winner
+            return SceneResult(results[scene], scene, scores, False)
         switched = self.switch.vote(winner)
         if switched:
             LOGGER.info('scene %s (scores %s)', self.scene,
                         ', '.join(f'{k} {v:.3f}' for k, v in scores.items()))
         return SceneResult(results[self.scene], self.scene, scores, switched)
+
+
+class SceneVoteLocalizer:
+    """Every frame searched in every scene, the best score picking the scene (no hysteresis).
+
+    For evaluation (``imposing-ros evaluate --scene auto``): the frames are of scene
+    ``expected``; a frame another scene wins gives None (a miss: its pose is in another map).
+    ``votes`` counts the winners, and under ``'none'`` the frames no scene scores at
+    ``min_score`` or more (the node casts no vote for them and keeps its scene).
+    """
+
+    NONE = 'none'
+
+    def __init__(self, localizers: dict[str, Localizer], expected: str, min_score: float = 0.0):
+        self.localizers = dict(localizers)
+        self.expected = check_scene(expected, list(self.localizers))
+        self.min_score = min_score
+        self.votes = {name: 0 for name in [*self.localizers, self.NONE]}
+
+    def localize(self, image: np.ndarray) -> LocalizationResult | None:
+        """The expected scene's result unless another scene wins the vote (then None)."""
+        results = {name: loc.localize(image) for name, loc in self.localizers.items()}
+        winner = max(results, key=lambda name: results[name].score)
+        if results[winner].score < self.min_score or results[winner].score <= 0:
+            self.votes[self.NONE] += 1
+            return results[self.expected]  # under min_score: a miss all the same
+        self.votes[winner] += 1
+        return results[winner] if winner == self.expected else None
+
+    @property
+    def accuracy(self) -> float:
+        """Share of the voting frames the expected scene won."""
+        voted = sum(v for k, v in self.votes.items() if k != self.NONE)
+        return self.votes[self.expected] / voted if voted else float('nan')
 
 
 def check_scene(scene: str, scenes: list[str]) -> str:

@@ -61,10 +61,33 @@ class ImageEncoder(nn.Module):
         resnet = getattr(torchvision.models, config.backbone)(weights=None)
         resnet.fc = nn.Identity()  # keep conv layers and global average pooling
         self.backbone = resnet
-        self.heads = nn.ModuleDict({s: nn.Linear(BACKBONES[config.backbone], config.dim)
-                                    for s in scenes})
+        self.feature_dim, self.dim = BACKBONES[config.backbone], config.dim
+        self.heads = nn.ModuleDict({s: nn.Linear(self.feature_dim, self.dim) for s in scenes})
         self.register_buffer('mean', torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), False)
         self.register_buffer('std', torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), False)
+        self.backbone_frozen = False
+
+    def add_head(self, scene: str) -> None:
+        """A freshly initialised head for a new scene."""
+        device = self.mean.device
+        self.heads[scene] = nn.Linear(self.feature_dim, self.dim).to(device)
+
+    def freeze_backbone(self) -> None:
+        """Keep the backbone as it is while training: no gradient, batch-norm statistics fixed.
+
+        Training then changes the heads only (and the pose encoders): the features every scene
+        shares stay the same, so adding a scene leaves the others' results unchanged.
+        """
+        self.backbone_frozen = True
+        self.backbone.requires_grad_(False)
+        self.backbone.eval()
+
+    def train(self, mode: bool = True) -> ImageEncoder:
+        """As :meth:`nn.Module.train`; a frozen backbone stays in eval mode."""
+        super().train(mode)
+        if self.backbone_frozen:
+            self.backbone.eval()
+        return self
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features ``[B, C]``."""

@@ -56,6 +56,18 @@ class ImPosing(nn.Module):
         self.image_encoder = ImageEncoder(config, list(maps))
         self.pose_encoders = nn.ModuleDict({s: PoseEncoder(config) for s in maps})
 
+    def add_scene(self, name: str, scene_map: SceneMap) -> None:
+        """A new scene with a freshly initialised image head and pose encoder (paper 4.2).
+
+        The backbone and the other scenes are unchanged: a trained model learns another map.
+        """
+        if name in self.maps:
+            raise ValueError(f'the model already has scene {name!r}')
+        device = next(self.parameters()).device
+        self.maps[name] = scene_map
+        self.image_encoder.add_head(name)
+        self.pose_encoders[name] = PoseEncoder(self.config).to(device)
+
     @property
     def scenes(self) -> list[str]:
         """Scene names, in checkpoint order."""

@@ -11,6 +11,11 @@ own when ``ROS_DOMAIN_ID`` is unset):
 3. Every pose is compared with ``/ground_truth/pose`` of the bag at the image stamp; a summary
    (frames, errors, recalls, latency percentiles) is printed.
 
+Several bags (``--bag A B``) play one after another, each later one restamped to follow the
+previous (:mod:`imposing_ros.nodes.demo_bags`): with a model of several scenes the node runs
+``scene: auto``, a pose must be in the map frame of its bag's scene, and the summary adds each
+bag's accuracy and the frames the node needed to switch maps.
+
 If the bag is missing it is simulated (deterministic) with ``imposing-ros sim``.
 """
 
@@ -33,9 +38,9 @@ import time
 import numpy as np
 import yaml
 
-from imposing_ros.data.pose_track import PoseTrack
 from imposing_ros.geometry import pose_to_matrix
 from imposing_ros.nodes import node_set
+from imposing_ros.nodes.demo_bags import Playlist, TF_STATIC_TOPIC
 from imposing_ros.nodes.demo_report import (
     format_summary,
     frame_errors,
@@ -46,12 +51,11 @@ from imposing_ros.utils import atomic_write_text, stamp_to_ns
 
 LOGGER = logging.getLogger('imposing_ros.demo')
 
-IMAGE_TOPICS = ('/camera/image_raw/compressed', '/camera/image_raw')
-GROUND_TRUTH_TOPIC = '/ground_truth/pose'
-TF_STATIC_TOPIC = '/tf_static'
 SCENE = 'config/scenes/helsinki.yaml'
 DEFAULT_BAG = 'runs/demo/helsinki_heldout'
 DEMO_DOMAIN_ID = '73'
+# Map frames of a model with several scenes (the {scene} placeholder of the nodes' map_frame).
+MULTI_SCENE_MAP_FRAME = 'map_{scene}'
 # Period of /clock during playback (bag time): 40 Hz, the rate of ros2 bag play --clock.
 CLOCK_PERIOD_NS = 25_000_000
 
@@ -60,8 +64,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``imposing-ros demo``."""
     parser.add_argument('--model', default=str(node_set.default_model()),
                         help='ImPosing checkpoint (default: the packaged demo model)')
-    parser.add_argument('--bag', default=DEFAULT_BAG,
-                        help='rosbag2 of a held-out traversal; simulated there if missing')
+    parser.add_argument('--bag', nargs='+', default=[DEFAULT_BAG], metavar='BAG',
+                        help='rosbag2 of a held-out traversal (the default one is simulated '
+                             'when missing); several are played one after another, each '
+                             'restamped to follow the previous (a drive from one mapped area '
+                             'into another, for a model of several scenes)')
     parser.add_argument('--traversal', default='heldout',
                         help='when simulating: the traversal (bag name part) to replay')
     parser.add_argument('--frames', type=int, default=300,
@@ -84,73 +91,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              'foxglove-sdk)')
 
 
-# --- bag reading (rosbags, no ROS) ------------------------------------------------------------
+# --- parameters and messages ------------------------------------------------------------------
 
-def _transform_matrix(transform) -> np.ndarray:
-    t, q = transform.translation, transform.rotation
-    return pose_to_matrix([t.x, t.y, t.z, q.x, q.y, q.z, q.w])
+def restamped(msg, offset_ns: int):
+    """``msg`` with its header stamp (and its transforms' stamps) moved by ``offset_ns``."""
+    from builtin_interfaces.msg import Time
 
-
-class BagInfo:
-    """What the demo needs from a bag: image topic and frame, extrinsic, ground truth."""
-
-    def __init__(self, path: Path, base_frame: str = 'base_link'):
-        from rosbags.highlevel import AnyReader
-
-        self.path = path
-        with AnyReader([path]) as reader:
-            topics = {c.topic: c for c in reader.connections}
-            self.image_topic = next((t for t in IMAGE_TOPICS if t in topics), None)
-            if self.image_topic is None:
-                raise ValueError(f'bag {path} has no image topic ({", ".join(IMAGE_TOPICS)})')
-            if GROUND_TRUTH_TOPIC not in topics:
-                raise ValueError(f'bag {path} has no {GROUND_TRUTH_TOPIC}')
-            self.compressed = self.image_topic.endswith('/compressed')
-            self.image_frame = None
-            self.images = 0
-            tree = {}  # child -> (parent, T_parent_child)
-            truth_ns, truth = [], []
-            wanted = [topics[self.image_topic], topics[GROUND_TRUTH_TOPIC]]
-            if TF_STATIC_TOPIC in topics:
-                wanted.append(topics[TF_STATIC_TOPIC])
-            for conn, _, raw in reader.messages(connections=wanted):
-                if conn.topic == self.image_topic:
-                    self.images += 1
-                    if self.image_frame is None:
-                        self.image_frame = reader.deserialize(raw, conn.msgtype).header.frame_id
-                    continue
-                msg = reader.deserialize(raw, conn.msgtype)
-                if conn.topic == TF_STATIC_TOPIC:
-                    for tf in msg.transforms:
-                        tree[tf.child_frame_id] = (tf.header.frame_id,
-                                                   _transform_matrix(tf.transform))
-                else:  # PoseStamped, PoseWithCovarianceStamped or Odometry, duck-typed
-                    pose = msg.pose.pose if hasattr(msg.pose, 'pose') else msg.pose
-                    p, q = pose.position, pose.orientation
-                    truth_ns.append(stamp_to_ns(msg.header.stamp))
-                    truth.append([p.x, p.y, p.z, q.x, q.y, q.z, q.w])
-        # Interpolated as the readers do (linear position, slerp rotation).
-        self.truth = PoseTrack.build(truth_ns, truth, f'{path}:{GROUND_TRUTH_TOPIC}')
-        self.extrinsic = self._chain(tree, base_frame, self.image_frame)
-
-    @staticmethod
-    def _chain(tree: dict, base: str, frame: str | None) -> np.ndarray | None:
-        """``T_base_frame`` through the static tree, or None when they are not connected."""
-        matrix, current = np.eye(4), frame
-        for _ in range(64):
-            if current == base:
-                return matrix
-            if current not in tree:
-                return None
-            parent, t_parent_child = tree[current]
-            matrix = t_parent_child @ matrix
-            current = parent
-        return None
-
-    def truth_at(self, stamp_ns: int, tolerance_ns: int = 100_000_000) -> np.ndarray | None:
-        """``T_map_base`` at a stamp between samples at most ``tolerance_ns`` away, or None."""
-        pose, valid = self.truth.at(np.array([stamp_ns]), tolerance_ns)
-        return pose_to_matrix(pose[0]) if valid[0] else None
+    def shift(header):
+        sec, nsec = divmod(stamp_to_ns(header.stamp) + offset_ns, 1_000_000_000)
+        header.stamp = Time(sec=sec, nanosec=nsec)
+    if hasattr(msg, 'header'):
+        shift(msg.header)
+    for transform in getattr(msg, 'transforms', ()):
+        shift(transform.header)
+    return msg
 
 
 def rpy_of_matrix(rotation: np.ndarray) -> list[float]:
@@ -161,13 +115,23 @@ def rpy_of_matrix(rotation: np.ndarray) -> list[float]:
     return [roll, pitch, yaw]
 
 
-def demo_parameters(info: BagInfo, extra: dict | None = None) -> dict:
-    """Parameter file content: the bag's camera settings, then ``extra``'s localizer block."""
+def demo_parameters(info: Playlist, extra: dict | None = None,
+                    scenes: list[str] | None = None) -> dict:
+    """Parameter file content: the bag's camera settings, then ``extra``'s localizer block.
+
+    With a model of several ``scenes``: ``scene: auto`` and one map frame per scene
+    (:data:`MULTI_SCENE_MAP_FRAME`) for the localizer and the filter.
+    """
     name = f'/**/{node_set.LOCALIZER.name}'
     params = {
         'image_topic': info.image_topic.removesuffix('/compressed'),
         'image_transport': 'compressed' if info.compressed else 'raw',
     }
+    filter_block = {}
+    if scenes and len(scenes) > 1:
+        params.update({'scene': 'auto', 'map_frame': MULTI_SCENE_MAP_FRAME})
+        filter_block = {f'/**/{node_set.MOTION_FILTER.name}': {
+            'ros__parameters': {'map_frame': MULTI_SCENE_MAP_FRAME}}}
     if info.extrinsic is not None:
         # REP-103: optical frames end in '_optical' / '_optical_frame' (z forward).
         optical = 'optical' in (info.image_frame or '')
@@ -178,7 +142,7 @@ def demo_parameters(info: BagInfo, extra: dict | None = None) -> dict:
     else:
         LOGGER.warning("no /tf_static chain base_link -> %s in the bag: the parameter file's "
                        'camera extrinsic is used', info.image_frame)
-    blocks = {name: {'ros__parameters': params}}
+    blocks = {name: {'ros__parameters': params}, **filter_block}
     for key, block in (extra or {}).items():
         if key.rstrip('/').endswith(node_set.LOCALIZER.name):
             params.update(block.get('ros__parameters', {}))
@@ -192,7 +156,7 @@ def demo_parameters(info: BagInfo, extra: dict | None = None) -> dict:
 class Session:
     """Player + collector node in this process."""
 
-    def __init__(self, info: BagInfo):
+    def __init__(self, info: Playlist):
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
 
@@ -220,7 +184,8 @@ class Session:
             p, q = msg.pose.pose.position, msg.pose.pose.orientation
             with self.lock:
                 self.poses.append((time.monotonic(), stamp_to_ns(msg.header.stamp),
-                                   pose_to_matrix([p.x, p.y, p.z, q.x, q.y, q.z, q.w])))
+                                   pose_to_matrix([p.x, p.y, p.z, q.x, q.y, q.z, q.w]),
+                                   msg.header.frame_id))
 
         def on_diagnostics(msg):
             for status in msg.status:
@@ -259,8 +224,13 @@ class Session:
         raise RuntimeError(f'the localizer did not become active within {timeout:.0f} s')
 
     def play(self, rate: float) -> int:
-        """Publish the bag at ``rate`` x recorded pace with /clock; returns images published."""
+        """Publish the bags at ``rate`` x recorded pace with /clock; returns images published.
+
+        The first bag goes out as recorded (raw CDR, as ros2 bag play); later bags are
+        deserialized and restamped by their playlist offset.
+        """
         from rclpy.qos import qos_profile_sensor_data, QoSProfile
+        from rclpy.serialization import deserialize_message
         from rosbags.highlevel import AnyReader
         from rosgraph_msgs.msg import Clock
 
@@ -270,56 +240,68 @@ class Session:
         # odom -> base_link on /tf from the recorded odometry, as a robot's odometry node
         # does (the localizer needs it for map -> odom); None where TFMessage is missing.
         publish_odom_tf = odometry_tf_publisher(self.node)
-        publishers, images = {}, 0
-        with AnyReader([self.info.path]) as reader:
-            for conn in reader.connections:
-                if conn.topic == TF_STATIC_TOPIC:
-                    # The localizer publishes the extrinsic it was given (read from this
-                    # topic): a second copy would give the camera frame two parents.
-                    continue
-                package, _, name = conn.msgtype.split('/')
-                try:
-                    cls = getattr(importlib.import_module(f'{package}.msg'), name)
-                except (ImportError, AttributeError):
-                    LOGGER.info('%s (%s) is not replayed: no Python type here', conn.topic,
-                                conn.msgtype)
-                    continue
-                qos = (qos_profile_sensor_data if conn.topic == self.info.image_topic
-                       else QoSProfile(depth=10))
-                publishers[conn.topic] = self.node.create_publisher(cls, conn.topic, qos)
-            image_pub = publishers[self.info.image_topic]
-            deadline = time.monotonic() + 30
-            while image_pub.get_subscription_count() == 0:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f'nobody subscribes to {self.info.image_topic}')
-                time.sleep(0.05)
-            start_wall, start_bag, last_clock = time.monotonic(), None, -CLOCK_PERIOD_NS
-            for conn, timestamp, raw in reader.messages():
-                if conn.topic not in publishers:
-                    continue
-                start_bag = timestamp if start_bag is None else start_bag
-                due = start_wall + (timestamp - start_bag) * 1e-9 / rate
-                wait = due - time.monotonic()
-                if wait > 0:
-                    time.sleep(wait)
-                # /clock at most every CLOCK_PERIOD_NS of bag time, and before every image (as
-                # ros2 bag play --clock publishes at a fixed rate): a /clock per message (100 Hz
-                # with odometry and ground truth) keeps every node's executor busy.
-                is_image = conn.topic == self.info.image_topic
-                if is_image or timestamp - last_clock >= CLOCK_PERIOD_NS:
-                    sec, nsec = divmod(timestamp, 1_000_000_000)
-                    clock = Clock()
-                    clock.clock.sec, clock.clock.nanosec = sec, nsec
-                    clock_pub.publish(clock)
-                    last_clock = timestamp
-                if is_image:
-                    stamp = stamp_to_ns(reader.deserialize(raw, conn.msgtype).header.stamp)
-                    with self.lock:
-                        self.sent[stamp] = time.monotonic()
-                    images += 1
-                publishers[conn.topic].publish(bytes(raw))  # recorded CDR, as ros2 bag play
-                if publish_odom_tf is not None and conn.msgtype == 'nav_msgs/msg/Odometry':
-                    publish_odom_tf(reader.deserialize(raw, conn.msgtype))
+        publishers, types, images = {}, {}, 0
+        playlist = self.info
+        start_wall, start_bag, last_clock = None, None, -CLOCK_PERIOD_NS
+        for bag, offset in zip(playlist.bags, playlist.offsets):
+            with AnyReader([bag.path]) as reader:
+                for conn in reader.connections:
+                    if conn.topic == TF_STATIC_TOPIC or conn.topic in publishers:
+                        # The localizer publishes the extrinsic it was given (read from this
+                        # topic): a second copy would give the camera frame two parents.
+                        continue
+                    package, _, name = conn.msgtype.split('/')
+                    try:
+                        cls = getattr(importlib.import_module(f'{package}.msg'), name)
+                    except (ImportError, AttributeError):
+                        LOGGER.info('%s (%s) is not replayed: no Python type here', conn.topic,
+                                    conn.msgtype)
+                        continue
+                    qos = (qos_profile_sensor_data if conn.topic == playlist.image_topic
+                           else QoSProfile(depth=10))
+                    publishers[conn.topic] = self.node.create_publisher(cls, conn.topic, qos)
+                    types[conn.topic] = cls
+                if start_wall is None:
+                    image_pub = publishers[playlist.image_topic]
+                    deadline = time.monotonic() + 30
+                    while image_pub.get_subscription_count() == 0:
+                        if time.monotonic() > deadline:
+                            raise RuntimeError(f'nobody subscribes to {playlist.image_topic}')
+                        time.sleep(0.05)
+                    start_wall = time.monotonic()
+                for conn, timestamp, raw in reader.messages():
+                    if conn.topic not in publishers:
+                        continue
+                    timestamp += offset
+                    start_bag = timestamp if start_bag is None else start_bag
+                    due = start_wall + (timestamp - start_bag) * 1e-9 / rate
+                    wait = due - time.monotonic()
+                    if wait > 0:
+                        time.sleep(wait)
+                    # /clock at most every CLOCK_PERIOD_NS of bag time, and before every image
+                    # (as ros2 bag play --clock publishes at a fixed rate): a /clock per message
+                    # (100 Hz with odometry and ground truth) keeps every executor busy.
+                    is_image = conn.topic == playlist.image_topic
+                    if is_image or timestamp - last_clock >= CLOCK_PERIOD_NS:
+                        sec, nsec = divmod(timestamp, 1_000_000_000)
+                        clock = Clock()
+                        clock.clock.sec, clock.clock.nanosec = sec, nsec
+                        clock_pub.publish(clock)
+                        last_clock = timestamp
+                    msg = None
+                    if offset:
+                        msg = restamped(deserialize_message(bytes(raw), types[conn.topic]),
+                                        offset)
+                    if is_image:
+                        stamp = stamp_to_ns(reader.deserialize(raw, conn.msgtype).header.stamp)
+                        with self.lock:
+                            self.sent[stamp + offset] = time.monotonic()
+                        images += 1
+                    publishers[conn.topic].publish(bytes(raw) if msg is None else msg)
+                    if publish_odom_tf is not None and \
+                            conn.msgtype == 'nav_msgs/msg/Odometry':
+                        publish_odom_tf(msg if msg is not None else
+                                        reader.deserialize(raw, conn.msgtype))
         return images
 
     def close(self):
@@ -372,17 +354,30 @@ def run(args: argparse.Namespace) -> int:
         from imposing_ros.nodes import live_view
 
         live_view.require_foxglove()  # a missing package fails now, not after the rendering
-    bag = Path(args.bag)
-    if not bag.exists():
-        simulate_heldout(bag, args.traversal, args.frames)
+    bags = [Path(b) for b in args.bag]
+    for bag in bags:
+        if not bag.exists():
+            if bag != Path(DEFAULT_BAG):
+                raise FileNotFoundError(f'bag {bag} not found (only {DEFAULT_BAG} is simulated '
+                                        'when missing; imposing-ros sim renders others)')
+            simulate_heldout(bag, args.traversal, args.frames)
+    from imposing_ros.model.checkpoint import read_checkpoint
+
+    scenes = list(read_checkpoint(model)['scenes'])
+    info = Playlist(bags)
+    if len(scenes) > 1:  # a pose must be in the map of the bag's scene, else it is a miss
+        unknown = [str(b.path) for b in info.bags if b.scene not in scenes]
+        if unknown:
+            raise ValueError(f'bags {unknown} are of no scene of the model ({scenes}; a '
+                             "bag's scene is in its scene.json)")
+        info.map_frames = [MULTI_SCENE_MAP_FRAME.format(scene=b.scene) for b in info.bags]
     os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
     os.environ.setdefault('ROS_DOMAIN_ID', DEMO_DOMAIN_ID)
     os.environ.update(node_set.dds_environment())  # the player and the node set alike
-    info = BagInfo(bag)
     extra = yaml.safe_load(Path(args.params).read_text()) if args.params else None
     workdir = Path(tempfile.mkdtemp(prefix='imposing_demo_'))
     params = workdir / 'demo_params.yaml'
-    params.write_text(yaml.safe_dump(demo_parameters(info, extra), sort_keys=False))
+    params.write_text(yaml.safe_dump(demo_parameters(info, extra, scenes), sort_keys=False))
     command = [sys.executable, '-m', 'imposing_ros.cli', 'run', '--params', str(params),
                '--model', str(model.resolve()), '--use-sim-time', 'true',
                '--use-filter', args.use_filter, '--log-level', 'warn']
@@ -396,7 +391,7 @@ def run(args: argparse.Namespace) -> int:
                                       use_sim_time=True)
         session = Session(info)
         session.wait_active(runner, args.startup_timeout)
-        LOGGER.info('playing %s (%d images on %s)', bag, info.images, info.image_topic)
+        LOGGER.info('playing %s (%d images on %s)', info.path, info.images, info.image_topic)
         session.play(args.rate)
         # Let the last frame come back: bounded by the rate of the localizer.
         end = time.monotonic() + 5.0

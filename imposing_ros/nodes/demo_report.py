@@ -20,22 +20,24 @@ from imposing_ros.utils import atomic_write_text
 def frame_errors(info, sent: dict, poses: list) -> list[tuple]:
     """``(stamp_ns, T_map_base or None, error_m, error_deg)`` per image played, stamp order.
 
-    ``info``: the demo's BagInfo (its ``truth_at``); ``sent``: image stamp -> send time;
-    ``poses``: ``(received, stamp_ns, T_map_base)`` as published.
+    ``info``: the demo's Playlist (``truth_at``, ``expected_frame``); ``sent``: image stamp ->
+    send time; ``poses``: ``(received, stamp_ns, T_map_base, frame_id)`` as published.
 
-    Images without ground truth are left out; an image without a published pose has infinite
+    Images without ground truth are left out; an image without a published pose, or with a
+    pose in another map than its bag's (a multi-scene model in the wrong scene), has infinite
     errors (a miss).
     """
     published = {}
-    for _, stamp, t_map_base in poses:
-        published.setdefault(stamp, t_map_base)
+    for _, stamp, t_map_base, frame_id in poses:
+        published.setdefault(stamp, (t_map_base, frame_id))
     rows = []
     for stamp in sorted(sent):
         truth = info.truth_at(stamp)
         if truth is None:
             continue
-        estimate = published.get(stamp)
-        if estimate is None:
+        estimate, frame_id = published.get(stamp, (None, None))
+        expected = info.expected_frame(stamp)
+        if estimate is None or (expected is not None and frame_id != expected):
             rows.append((stamp, None, math.inf, math.inf))
             continue
         cos = (np.trace(truth[:3, :3].T @ estimate[:3, :3]) - 1) / 2
@@ -61,16 +63,20 @@ def summarize(info, sent: dict, poses: list, diagnostics: dict) -> dict:
     error) in the median and in every recall, as in ``imposing-ros evaluate``
     (:mod:`imposing_ros.evaluation.metrics`). Images without ground truth are left out.
     """
-    latencies = [1e3 * (received - sent[stamp]) for received, stamp, _ in poses if stamp in sent]
+    latencies = [1e3 * (p[0] - sent[p[1]]) for p in poses if p[1] in sent]
     rows = frame_errors(info, sent, poses)
-    errors_t = [r[2] for r in rows]
-    errors_r = [r[3] for r in rows]
     summary = {'bag': str(info.path), 'images_sent': len(sent), 'poses': len(poses),
-               'frames_with_truth': len(errors_t)}
-    if errors_t:
-        entry = metrics.report_entry(errors_t, errors_r)
-        del entry['frames']  # frames_with_truth above
-        summary.update(entry)
+               'frames_with_truth': len(rows), **_accuracy(rows)}
+    if len(info.bags) > 1:
+        summary['bags'] = []
+        for i, bag in enumerate(info.bags):
+            part = [r for r in rows if info.bag_index(r[0]) == i]
+            entry = {'bag': str(bag.path), 'scene': bag.scene, 'frames_with_truth': len(part),
+                     **_accuracy(part)}
+            if i:  # images of this bag before the first pose in its map: the scene switch
+                entry['frames_to_switch'] = next(
+                    (k for k, r in enumerate(part) if r[1] is not None), len(part))
+            summary['bags'].append(entry)
     if latencies:
         lat = np.array(latencies)
         summary['latency_ms'] = {f'p{q}': float(np.percentile(lat, q)) for q in (50, 90, 99)}
@@ -78,6 +84,15 @@ def summarize(info, sent: dict, poses: list, diagnostics: dict) -> dict:
         if key in diagnostics:
             summary[f'localizer {key}'] = diagnostics[key]
     return summary
+
+
+def _accuracy(rows: list[tuple]) -> dict:
+    """The accuracy keys of :func:`imposing_ros.evaluation.metrics.report_entry` for rows."""
+    if not rows:
+        return {}
+    entry = metrics.report_entry([r[2] for r in rows], [r[3] for r in rows])
+    del entry['frames']  # frames_with_truth
+    return entry
 
 
 def format_summary(s: dict) -> str:
@@ -95,6 +110,14 @@ def format_summary(s: dict) -> str:
     if 'latency_ms' in s:
         lines.append('  latency image->pose over DDS: ' + ', '.join(
             f'{k} {v:.0f} ms' for k, v in s['latency_ms'].items()))
+    for bag in s.get('bags', []):
+        if 'median_error_m' in bag:
+            switch = f", first pose in its map after {bag['frames_to_switch']} frames" \
+                if 'frames_to_switch' in bag else ''
+            lines.append(f"  {bag['bag']} (scene {bag['scene']}): {bag['frames_with_truth']} "
+                         f"frames, median {bag['median_error_m']:.2f} m, "
+                         f"{100 * bag['recall']['5.0m/10.0deg']:.1f}% within 5 m / 10 deg"
+                         f"{switch}")
     extra = {k: v for k, v in s.items() if k.startswith('localizer ')}
     if extra:
         lines.append('  ' + ', '.join(f'{k}: {v}' for k, v in extra.items()))

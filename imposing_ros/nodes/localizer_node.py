@@ -304,7 +304,7 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
             self._reject('no extrinsic', f'no transform {s.base_frame} -> {s.camera_frame} yet')
             return
         prior_pose, prior_cov = self._seed(stamp, s, extrinsic)
-        found = self._localizer.localize(rgb, prior_pose, prior_cov)
+        found = self._localizer.localize(rgb, prior_pose, prior_cov, s.min_score)
         result, map_frame = found.result, scene_frame(s.map_frame, found.scene)
         if found.switched:
             self._on_scene(found.scene, found.scores)

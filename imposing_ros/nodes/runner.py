@@ -79,13 +79,13 @@ def ros_arguments(launches: list[node_set.NodeLaunch]) -> list[str]:
     ROS gives each node the blocks of these files that match its name, later files overriding
     earlier ones, as ``ros2 launch`` does with a node's ``parameters`` list.
     """
+    # A file several nodes share (the user's, after each node's packaged defaults) goes where it
+    # last appears: after every packaged file, so its block for any node wins.
+    paths = [path for launch in launches for path in launch.param_files]
+    ordered = [path for i, path in enumerate(paths) if path not in paths[i + 1:]]
     args = ['--ros-args']
-    seen = set()
-    for launch in launches:
-        for path in launch.param_files:
-            if path not in seen:
-                seen.add(path)
-                args += ['--params-file', str(path)]
+    for path in ordered:
+        args += ['--params-file', str(path)]
     if launches:
         args += ['--log-level', launches[0].log_level]
     return args

@@ -7,6 +7,11 @@ image and ``levels`` pose batches of ``num_candidates``, a few times, bounded to
 keeps bf16 only if it is at least :data:`MIN_GAIN` faster and its codes agree with fp32, and
 caches the answer by CPU, model architecture, search size and library versions, so the next
 start is instant.
+
+Where the int8 programs of the model exist (cached, or built at first start from the calibration
+images the checkpoint carries), :func:`choose_int8` then times them against that float choice,
+both as they would run (inductor), and keeps int8 only if it is :data:`MIN_GAIN` faster and its
+codes agree with fp32 to :data:`MIN_INT8_AGREEMENT`; cached by the programs' weights key too.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ CACHE_FILE = Path.home() / '.cache' / 'imposing_ros' / 'auto_backend.json'
 MIN_GAIN = 1.1
 # Mean cosine between bf16 and fp32 codes under which bf16 is refused.
 MIN_AGREEMENT = 0.99
+# The same for int8 codes (quantized activations move codes more than bf16 rounding; on the
+# demo model 0.99x keeps the median error within 2 % of fp32: docs/backends.md).
+MIN_INT8_AGREEMENT = 0.98
 # Timed repetitions per precision after one warm-up, and the time budget of one precision (s).
 REPEATS = 3
 BUDGET_S = 4.0
@@ -49,7 +57,8 @@ class Choice:
     def summary(self) -> str:
         """One line for logs and /diagnostics."""
         times = ', '.join(f'{p} {ms:.1f} ms' for p, ms in self.milliseconds.items())
-        agree = f', bf16 codes agree {self.agreement:.4f}' if self.agreement is not None else ''
+        agree = f', codes agree with fp32 {self.agreement:.4f}' \
+            if self.agreement is not None else ''
         return f'{self.precision} ({self.source}: {times}{agree})'
 
 
@@ -92,6 +101,89 @@ def _time_backend(backend, image: torch.Tensor, poses: torch.Tensor, levels: int
     return sorted(times)[len(times) // 2], codes
 
 
+def _read_cache(cache_file: Path | None) -> dict:
+    if cache_file is not None and cache_file.is_file():
+        try:
+            return json.loads(cache_file.read_text())
+        except (OSError, ValueError):
+            pass
+    return {}
+
+
+def _write_cache(cache_file: Path | None, cache: dict) -> None:
+    if cache_file is None:
+        return
+    try:
+        atomic_write_text(cache_file, json.dumps(cache, indent=1))
+    except OSError as exc:  # a read-only home: measure again next time
+        LOGGER.warning('cannot cache the backend choice in %s: %s', cache_file, exc)
+
+
+def _remember(cache_file: Path | None, cache: dict, key: str, choice: Choice) -> Choice:
+    """Store a measured ``choice`` under ``key`` in ``cache`` and its file; return it."""
+    cache[key] = {'precision': choice.precision, 'milliseconds': choice.milliseconds,
+                  'agreement': choice.agreement, 'cpu': cpu_signature(),
+                  'torch': torch.__version__}
+    _write_cache(cache_file, cache)
+    return choice
+
+
+def _int8_key(model, num_candidates: int, levels: int, programs) -> str:
+    key = _key(model, num_candidates, levels) + '|int8|' + programs.image_path.name
+    return hashlib.sha1(key.encode()).hexdigest()
+
+
+def cached_int8_choice(model, programs, num_candidates: int, levels: int = 6,
+                       cache_file: Path | None | bool = True) -> Choice | None:
+    """The verdict of :func:`choose_int8` for these programs on this CPU, if cached."""
+    cache_file = CACHE_FILE if cache_file is True else (cache_file or None)
+    entry = _read_cache(cache_file).get(_int8_key(model, num_candidates, levels, programs))
+    if entry is None:
+        return None
+    return Choice(entry['precision'], entry['milliseconds'], entry.get('agreement'), 'cache')
+
+
+def choose_int8(model, scene: str, int8_backend, float_backend, float_name: str,
+                num_candidates: int, levels: int = 6, image: torch.Tensor | None = None,
+                cache_file: Path | None | bool = True) -> Choice:
+    """'int8' or ``float_name`` (the float backend's name), timed here; the verdict is cached.
+
+    Both backends are built (compiled) already. Agreement: the smaller mean cosine of int8 and
+    eager fp32 codes, for the map's level-0 candidates and for ``image`` (``[1, 3, H, W]``, a
+    real camera image: a random one is outside the calibrated activation ranges; None: poses
+    only). ``precision`` of the result is 'int8' or ``float_name``.
+    """
+    cache_file = CACHE_FILE if cache_file is True else (cache_file or None)
+    key = _int8_key(model, num_candidates, levels, int8_backend.programs)
+    cache = _read_cache(cache_file)
+    generator = torch.Generator().manual_seed(0)
+    height, width = model.config.image_size
+    real_image = image is not None
+    if image is None:
+        image = torch.rand((1, 3, height, width), generator=generator)
+    reference = model.maps[scene].initial_poses
+    poses = reference[torch.randint(len(reference), (num_candidates,), generator=generator)]
+    milliseconds, codes = {}, {}
+    for name, backend in (('int8', int8_backend), (float_name, float_backend)):
+        milliseconds[name], codes[name] = _time_backend(backend, image, poses[None], levels)
+    exact = backends.TorchBackend(model, scene, 'cpu', 'fp32', inductor=False)
+
+    def agree(a, b):
+        return float(torch.nn.functional.cosine_similarity(
+            a.float().reshape(-1, a.shape[-1]), b.float().reshape(-1, b.shape[-1]),
+            dim=-1).mean())
+    with torch.no_grad():
+        agreement = agree(codes['int8'], exact.encode_poses(poses))
+        if real_image:
+            agreement = min(agreement, agree(int8_backend.encode_images(image),
+                                             exact.encode_images(image)))
+    fast = milliseconds['int8'] * MIN_GAIN <= milliseconds[float_name]
+    precision = 'int8' if fast and agreement >= MIN_INT8_AGREEMENT else float_name
+    choice = Choice(precision, {k: round(v, 2) for k, v in milliseconds.items()},
+                    round(agreement, 5), 'measured')
+    return _remember(cache_file, cache, key, choice)
+
+
 def choose_cpu_precision(model, scene: str, num_candidates: int, levels: int = 6,
                          cache_file: Path | None | bool = True) -> Choice:
     """fp32 or bf16 for ``model`` on this CPU, measured or from the cache (module docstring).
@@ -102,12 +194,7 @@ def choose_cpu_precision(model, scene: str, num_candidates: int, levels: int = 6
         cache_file = CACHE_FILE
     cache_file = cache_file or None
     key = _key(model, num_candidates, levels)
-    cache = {}
-    if cache_file is not None and cache_file.is_file():
-        try:
-            cache = json.loads(cache_file.read_text())
-        except (OSError, ValueError):
-            cache = {}
+    cache = _read_cache(cache_file)
     if key in cache:
         entry = cache[key]
         return Choice(entry['precision'], entry['milliseconds'], entry.get('agreement'), 'cache')
@@ -129,12 +216,4 @@ def choose_cpu_precision(model, scene: str, num_candidates: int, levels: int = 6
     precision = 'bf16' if fast and agreement >= MIN_AGREEMENT else 'fp32'
     choice = Choice(precision, {k: round(v, 2) for k, v in milliseconds.items()},
                     round(agreement, 5), 'measured')
-    if cache_file is not None:
-        cache[key] = {'precision': choice.precision, 'milliseconds': choice.milliseconds,
-                      'agreement': choice.agreement, 'cpu': cpu_signature(),
-                      'torch': torch.__version__}
-        try:
-            atomic_write_text(cache_file, json.dumps(cache, indent=1))
-        except OSError as exc:  # a read-only home: measure again next time
-            LOGGER.warning('cannot cache the backend choice in %s: %s', cache_file, exc)
-    return choice
+    return _remember(cache_file, cache, key, choice)

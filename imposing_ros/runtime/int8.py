@@ -19,8 +19,10 @@ Calibration (activation ranges):
 * pose encoder: the map's level-0 candidates and the same poses moved by the search's proposer
   at every level's standard deviation, i.e. what the search feeds it; needs no data;
 * image encoder: camera images of the scene, given once to
-  ``imposing-ros export --model M.pt --format int8 --calibration DATA --out DIR``. Use
-  reference (training) images, not the images the model is evaluated on.
+  ``imposing-ros export --model M.pt --format int8 --calibration DATA --out DIR``, or carried
+  by the checkpoint (``imposing-ros calibrate`` stores 32 images of its calibration data), from
+  which backend ``auto`` builds the programs at the first start. Use reference images, not the
+  images the model is evaluated on.
 
 The quantized programs are saved with ``torch.export.save`` in a cache folder (the node's
 ``engine_cache``), keyed by the weights, map normalisation, input shape and the torch and
@@ -158,6 +160,20 @@ def calibration_images(spec: str | Path, count: int, size: tuple[int, int]) -> l
         raise ValueError(f'{spec}: no frames to calibrate on')
     keep = set(np.linspace(0, total - 1, min(count, total)).round().astype(int).tolist())
     return [preprocess(frame.image, size) for i, frame in enumerate(reader) if i in keep]
+
+
+# Where a checkpoint keeps its int8 calibration images: {scene: uint8 [K, H, W, 3] at the model
+# input size}, stored by ``imposing-ros calibrate`` (K = DEFAULT_CALIBRATION_FRAMES).
+CHECKPOINT_KEY = 'int8_calibration'
+
+
+def stored_calibration_images(data: dict, scene: str) -> list[torch.Tensor] | None:
+    """The calibration images a checkpoint carries for ``scene`` (``[1, 3, H, W]``), or None."""
+    images = (data.get(CHECKPOINT_KEY) or {}).get(scene)
+    if images is None or len(images) == 0:
+        return None
+    size = tuple(images.shape[1:3])
+    return [preprocess(np.asarray(image), size) for image in images]
 
 
 class Int8Programs:

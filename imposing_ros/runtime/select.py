@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+import time
 
 import torch
 
 from imposing_ros.model.imposing import ImPosing
 from imposing_ros.runtime import backends, tensorrt
 from imposing_ros.runtime.backends import Backend, compiler_available
-from imposing_ros.runtime.choice import choose_cpu_precision
+from imposing_ros.runtime.choice import cached_int8_choice, choose_cpu_precision, choose_int8
 from imposing_ros.runtime.int8 import DEFAULT_CACHE, Int8Backend, Int8Programs
 
 LOGGER = logging.getLogger('imposing_ros.runtime')
@@ -69,7 +70,7 @@ def resolve_backend_name(name: str, device: str | torch.device) -> str:
 def select_backend(name: str, model: ImPosing, scene: str | None = None,
                    device: str | torch.device = 'cpu', num_candidates: int = 4096,
                    cache_dir: str | None = None, inductor: str = 'auto',
-                   levels: int = 6) -> Backend:
+                   levels: int = 6, calibration_images=None) -> Backend:
     """Build the backend ``name`` (one of :data:`BACKENDS`) for ``model`` on ``device``.
 
     ``num_candidates`` fixes the pose engine's batch for TensorRT; ``cache_dir`` holds the
@@ -77,9 +78,10 @@ def select_backend(name: str, model: ImPosing, scene: str | None = None,
     compiles the torch backends with inductor; 'auto' = on a CPU with a C++ compiler
     (``torch-int8`` always runs through it). ``auto`` logs what it chose, and falls back to
     ``torch-fp16`` with a warning where TensorRT fails; an explicit ``tensorrt`` raises. On a
-    CPU ``auto`` is ``torch-int8`` where int8 programs of the model are cached, else fp32 or
-    bf16 as timed on this CPU (:mod:`imposing_ros.runtime.choice`; ``levels`` pose passes per
-    frame); the reason is kept in ``backend.choice``.
+    CPU ``auto`` is the fastest by measurement of fp32, bf16 and, where its programs are cached
+    or ``calibration_images`` (``[1, 3, H, W]`` in [0, 1]) can build them, int8
+    (:mod:`imposing_ros.runtime.choice`; ``levels`` pose passes per frame); the reason is kept
+    in ``backend.choice``.
     """
     if inductor not in INDUCTOR_CHOICES:
         raise ValueError(f'inductor must be one of {INDUCTOR_CHOICES}, got {inductor!r}')
@@ -89,24 +91,11 @@ def select_backend(name: str, model: ImPosing, scene: str | None = None,
         use_inductor = cpu and compiler_available()
     else:
         use_inductor = inductor == 'on'
-    choice = None
+    if name == 'auto' and cpu:
+        return _auto_cpu(model, model.default_scene(scene), device, num_candidates, cache_dir,
+                         use_inductor, levels, calibration_images)
     if name == 'auto':
-        reason = 'CUDA'
-        int8 = _cached_int8_programs(model, scene, cache_dir, num_candidates) if (
-            cpu and use_inductor) else None
-        if int8 is not None:
-            # Made on purpose by `imposing-ros export --format int8`: the fastest CPU path.
-            resolved, reason = 'torch-int8', 'int8 programs of this model in the cache folder'
-        elif cpu:
-            choice = choose_cpu_precision(model, model.default_scene(scene), num_candidates,
-                                          levels)
-            resolved = 'torch-bf16' if choice.precision == 'bf16' else 'torch'
-            reason = choice.summary()
-        LOGGER.info('backend auto -> %s on %s (%s)', resolved, torch.device(device), reason)
-        if int8 is not None:
-            backend = Int8Backend(model, scene, device, programs=int8)
-            backend.choice = reason
-            return backend
+        LOGGER.info('backend auto -> %s on %s (CUDA)', resolved, torch.device(device))
     if resolved == 'tensorrt':
         try:
             return tensorrt.TensorRTBackend(model, scene, device, num_candidates=num_candidates,
@@ -127,15 +116,54 @@ def select_backend(name: str, model: ImPosing, scene: str | None = None,
     precision = {'torch': 'fp32', 'torch-bf16': 'bf16', 'torch-fp16': 'fp16'}[resolved]
     backend = backends.TorchBackend(model, scene, device, precision, inductor=use_inductor)
     if name == 'auto':
-        backend.choice = reason
+        backend.choice = 'CUDA'
     return backend
 
 
-def _cached_int8_programs(model: ImPosing, scene: str | None, cache_dir: str | None,
-                          num_candidates: int):
-    """The model's :class:`~imposing_ros.runtime.int8.Int8Programs` if cached, else None."""
+def _auto_cpu(model: ImPosing, scene: str, device, num_candidates: int, cache_dir: str | None,
+              use_inductor: bool, levels: int, calibration_images) -> Backend:
+    """``auto`` on a CPU: fp32 or bf16 by timing, then int8 against it where it can run.
+
+    int8 can run with inductor and the model's int8 programs: cached, or built now (once, then
+    cached) from ``calibration_images`` (which ``imposing-ros calibrate`` stores in the
+    checkpoint). Every step is logged; the reason is kept in ``backend.choice``.
+    """
+    choice = choose_cpu_precision(model, scene, num_candidates, levels)
+    name = 'torch-bf16' if choice.precision == 'bf16' else 'torch'
+    backend = backends.TorchBackend(model, scene, device, choice.precision, inductor=use_inductor)
+    backend.choice = choice.summary()
+    programs = None
     folder = Path(cache_dir) if cache_dir else DEFAULT_CACHE
-    if not any(folder.glob('image-int8-*.pt2')):  # no program at all: skip hashing the model
-        return None
-    programs = Int8Programs(model, model.default_scene(scene), folder, num_candidates)
-    return programs if programs.cached else None
+    # No calibration images and no program at all in the folder: skip hashing the model.
+    if use_inductor and (calibration_images is not None or any(folder.glob('image-int8-*.pt2'))):
+        programs = Int8Programs(model, scene, cache_dir, num_candidates)
+        if not programs.cached and calibration_images is None:
+            programs = None
+    verdict = None if programs is None or not programs.cached else \
+        cached_int8_choice(model, programs, num_candidates, levels)
+    if verdict is not None and verdict.precision != 'int8':  # lost here before: not compiled
+        backend.choice = f'{choice.summary()}; int8 against it: {verdict.summary()}'
+    elif programs is not None:
+        images = None if calibration_images is None else list(calibration_images)
+        try:
+            if not programs.cached:
+                start = time.perf_counter()
+                LOGGER.info('backend auto: building the int8 programs of scene %s once from '
+                            '%d calibration images of the checkpoint (cached in %s)', scene,
+                            len(images), programs.cache_dir)
+                programs.build(images)
+                LOGGER.info('backend auto: int8 programs built in %.0f s',
+                            time.perf_counter() - start)
+            int8 = Int8Backend(model, scene, device, programs=programs)
+        except Exception as exc:  # quantization or compilation: keep the float backend
+            LOGGER.warning('backend auto: int8 unavailable (%s: %s); keeping %s',
+                           type(exc).__name__, exc, name)
+        else:
+            if verdict is None:
+                verdict = choose_int8(model, scene, int8, backend, choice.precision,
+                                      num_candidates, levels, images[0] if images else None)
+            if verdict.precision == 'int8':
+                backend, name = int8, 'torch-int8'
+            backend.choice = f'{choice.summary()}; int8 against it: {verdict.summary()}'
+    LOGGER.info('backend auto -> %s on %s (%s)', name, torch.device(device), backend.choice)
+    return backend

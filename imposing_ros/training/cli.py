@@ -23,6 +23,7 @@ import yaml
 
 from imposing_ros.config import config_from_dict
 from imposing_ros.data.cache import CachedPosedImages, ImageCache
+from imposing_ros.geometry import turning
 from imposing_ros.localization.search import SearchConfig
 from imposing_ros.model.encoders import ModelConfig
 from imposing_ros.training.trainer import SceneData, train, TrainConfig
@@ -43,11 +44,12 @@ def parse_scene_spec(text: str) -> tuple[str, str]:
     return DEFAULT_SCENE, text
 
 
-def load_configs(path: str | None, method: str = 'imposing'):
+def load_configs(path: str | None, method: str = 'imposing', overrides: list[str] = ()):
     """Strict (model, train, search) configs from a YAML file (missing sections: defaults).
 
     ``method`` 'imposing': ModelConfig, TrainConfig, SearchConfig; a baseline: BaselineConfig
-    (whose ``method`` must agree), BaselineTrainConfig and no search section.
+    (whose ``method`` must agree), BaselineTrainConfig and no search section. ``overrides``:
+    ``'section.key=value'`` (value in YAML) applied over the file.
     """
     data = {}
     if path:
@@ -55,10 +57,22 @@ def load_configs(path: str | None, method: str = 'imposing'):
         if not p.is_file():
             raise FileNotFoundError(f'config file not found: {p}')
         data = yaml.safe_load(p.read_text()) or {}
-        unknown = set(data) - {'model', 'train', 'search'}
-        if unknown:
-            raise ValueError(f'{p}: unknown section(s) {sorted(unknown)}; '
-                             f'expected model, train, search')
+    for text in overrides:
+        name, sep, value = text.partition('=')
+        section, dot, key = name.partition('.')
+        if not sep or not dot or not key:
+            raise ValueError(f'--set {text!r}: expected SECTION.KEY=VALUE, e.g. train.lr=1e-4')
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str):  # YAML 1.1 reads 1e-4 as a string
+            try:
+                parsed = float(parsed)
+            except ValueError:
+                pass
+        data[section] = {**(data.get(section) or {}), key: parsed}
+    unknown = set(data) - {'model', 'train', 'search'}
+    if unknown:
+        raise ValueError(f'{path or "--set"}: unknown section(s) {sorted(unknown)}; '
+                         f'expected model, train, search')
     if method != 'imposing':
         from imposing_ros.baselines.models import BaselineConfig
         from imposing_ros.baselines.training import BaselineTrainConfig
@@ -95,6 +109,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              '(GeM descriptor) or apr (pose regression)')
     parser.add_argument('--out', required=True, help='output directory (checkpoints, cache)')
     parser.add_argument('--config', help='YAML with model / train / search sections')
+    parser.add_argument('--set', action='append', default=[], metavar='SECTION.KEY=VALUE',
+                        help='override one key of the config (repeatable), e.g. '
+                             'train.freeze_backbone=false')
     parser.add_argument('--epochs', type=int, help='override train.epochs')
     parser.add_argument('--batch-size', type=int, help='override train.batch_size')
     parser.add_argument('--backbone', help='override model.backbone')
@@ -115,7 +132,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry of ``imposing-ros train``."""
-    model_cfg, train_cfg, search_cfg = load_configs(args.config, args.method)
+    model_cfg, train_cfg, search_cfg = load_configs(args.config, args.method, args.set)
     if args.epochs is not None:
         train_cfg = replace(train_cfg, epochs=args.epochs)
     if args.batch_size is not None:
@@ -139,10 +156,11 @@ def run(args: argparse.Namespace) -> int:
                                 model_cfg.image_size) if specs['val'] else None
         if args.stride < 1:
             raise ValueError(f'--stride must be >= 1, got {args.stride}')
-        scenes[scene] = SceneData(CachedPosedImages(train_cache,
-                                                    np.arange(0, len(train_cache), args.stride)),
+        index = np.arange(0, len(train_cache), args.stride)
+        scenes[scene] = SceneData(CachedPosedImages(train_cache, index),
                                   CachedPosedImages(val_cache) if val_cache else None,
-                                  np.asarray(train_cache.poses))
+                                  np.asarray(train_cache.poses),
+                                  turning(train_cache.poses, train_cache.stamps)[index])
         LOGGER.info('scene %s: %d training, %d validation frames', scene, len(train_cache),
                     len(val_cache) if val_cache else 0)
     if args.stop_after is not None and args.stop_after < 1:

@@ -19,7 +19,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 from torchvision.transforms import v2
 from tqdm import tqdm
 
@@ -54,6 +54,11 @@ class ScheduleConfig:
     # Appearance augmentation for day / night / weather change (photometric only: geometric
     # changes would break the image-pose correspondence).
     augment: bool = True
+    # Sampling weight of the frames taken in a turn (imposing_ros.geometry.turning: street
+    # corners) relative to the others; 1 samples uniformly. An epoch keeps its length (frames
+    # drawn with replacement). Corners are a few frames per drive whose view changes fast, and
+    # they held most of the large errors of the demo model (docs/training.md).
+    turn_weight: float = 1.0
     # Validate (median error on held-out frames) every N epochs; 0 = never.
     val_every: int = 5
     val_frames: int = 64
@@ -71,6 +76,8 @@ class ScheduleConfig:
                              f'{self.lr_schedule!r}')
         if not 0 < self.lr_final_fraction <= 1 or self.warmup_epochs < 0:
             raise ValueError('lr_final_fraction must be in (0, 1] and warmup_epochs >= 0')
+        if self.turn_weight <= 0:
+            raise ValueError(f'turn_weight must be > 0, got {self.turn_weight}')
         if self.precision not in PRECISIONS:
             raise ValueError(f'precision must be one of {PRECISIONS}, got {self.precision!r}')
 
@@ -99,11 +106,15 @@ def appearance_augmentation() -> Callable[[torch.Tensor], torch.Tensor]:
 
 @dataclass
 class SceneData:
-    """What the trainer needs of one scene: training and validation datasets."""
+    """What the trainer needs of one scene: training and validation datasets.
+
+    ``turning``: bool per training sample, taken in a turn (for ``turn_weight``); None: unknown.
+    """
 
     train: torch.utils.data.Dataset
     val: torch.utils.data.Dataset | None
     reference_poses: np.ndarray
+    turning: np.ndarray | None = None
 
 
 class TrainResult(NamedTuple):
@@ -142,6 +153,17 @@ def make_loaders(scenes: dict[str, SceneData], cfg, rank: int = 0,
         if augment is not None and hasattr(s.train, 'transform'):
             s.train.transform = augment
         sampler = DistributedSampler(s.train, world, rank, seed=cfg.seed) if world > 1 else None
+        if getattr(cfg, 'turn_weight', 1.0) != 1.0:
+            if s.turning is None or len(s.turning) != len(s.train):
+                raise ValueError(f'scene {name!r}: turn_weight needs which training frames turn')
+            if world > 1:
+                raise ValueError('turn_weight is not supported with several processes yet')
+            weights = np.where(s.turning, cfg.turn_weight, 1.0)
+            sampler = WeightedRandomSampler(weights, len(weights), replacement=True,
+                                            generator=torch.Generator().manual_seed(cfg.seed))
+            LOGGER.info('scene %s: %d of %d training frames turn, sampled %.3g x as often '
+                        '(%.0f %% of the draws)', name, int(s.turning.sum()), len(weights),
+                        cfg.turn_weight, 100 * weights[s.turning].sum() / weights.sum())
         loaders[name] = DataLoader(
             s.train, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
             num_workers=cfg.num_workers, drop_last=len(s.train) >= cfg.batch_size * world,

@@ -64,6 +64,10 @@ class TrainConfig(ScheduleConfig):
     # Eq. 3 weights: lambda_t per normalised map unit, lambda_r per degree.
     lambda_t: float = 5.0
     lambda_r: float = 0.1
+    # Train the per-scene heads and pose encoders only; the shared backbone stays as loaded
+    # (--init-from). With a scene the loaded model lacks, this adds a map to a trained model and
+    # leaves its other scenes' results exactly as they were.
+    freeze_backbone: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -214,11 +218,22 @@ def train(scenes: dict[str, SceneData], out: str | Path, model_config: ModelConf
             model.image_encoder.load_backbone_weights(backbone_weights)
         model = model.to(device)
         optimizer_state = None
-    if set(model.scenes) != set(scenes):
-        raise ValueError(f"scenes {sorted(scenes)} differ from the model's {model.scenes}")
+    if start_epoch == 0:  # a new run: scenes the loaded model lacks are added to it
+        for name in [n for n in scenes if n not in model.maps]:
+            if init_from is not None:
+                LOGGER.info('adding scene %s to the model of %s', name, init_from)
+            model.add_scene(name, build_scene_map(scenes[name].reference_poses,
+                                                  search_config.num_candidates, cfg.seed))
+    if not set(scenes) <= set(model.scenes):
+        raise ValueError(f"scenes {sorted(scenes)} are not all in the model's {model.scenes}")
+    if cfg.freeze_backbone:
+        if init_from is None and start_epoch == 0 and not backbone_weights:
+            raise ValueError('freeze_backbone needs trained features: pass --init-from (or '
+                             '--backbone-weights)')
+        model.image_encoder.freeze_backbone()
 
     step = ScoreLoss(model, cfg).to(device)
-    ddp = DistributedDataParallel(step, find_unused_parameters=len(scenes) > 1) \
+    ddp = DistributedDataParallel(step, find_unused_parameters=len(model.scenes) > 1) \
         if world > 1 else step
     loaders = make_loaders(scenes, cfg, rank, world)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
