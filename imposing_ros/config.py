@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, TypeVar
 
+import yaml
+
 T = TypeVar('T')
 
 
@@ -37,3 +39,21 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     for key, value in dataclasses.asdict(config).items():
         out[key] = list(value) if isinstance(value, tuple) else value
     return out
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """``'section.key=value'`` (the value in YAML) -> ``(section, key, value)``.
+
+    The command lines' ``--set``. A number YAML 1.1 leaves a string (``1e-4``) is read as a float.
+    """
+    name, sep, value = text.partition('=')
+    section, dot, key = name.partition('.')
+    if not sep or not dot or not section or not key:
+        raise ValueError(f'--set {text!r}: expected SECTION.KEY=VALUE, e.g. train.lr=1e-4')
+    parsed = yaml.safe_load(value)
+    if isinstance(parsed, str):
+        try:
+            parsed = float(parsed)
+        except ValueError:
+            pass
+    return section, key, parsed

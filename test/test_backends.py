@@ -79,11 +79,11 @@ def test_auto_on_a_cpu_chooses_by_measurement(monkeypatch, model, caplog, tmp_pa
     assert resolve_backend_name('auto', 'cpu') == select.CPU_AUTO
     measured = {}
 
-    def fake_timing(backend, image, poses, levels):  # (ms, codes) as _time_backend gives
-        codes = backend.encode_poses(poses)
-        return measured[backend.precision], codes
+    def fake_timing(named, image, poses, levels):  # ({name: ms}, {name: codes}) as measured
+        return ({name: measured[name] for name in named},
+                {name: backend.encode_poses(poses) for name, backend in named.items()})
 
-    monkeypatch.setattr(choice_module, '_time_backend', fake_timing)
+    monkeypatch.setattr(choice_module, '_time_backends', fake_timing)
     monkeypatch.setattr(choice_module, 'CACHE_FILE', tmp_path / 'auto.json')
     monkeypatch.setattr(backends, 'cpu_has_native_bf16', lambda: True)
     cache = tmp_path / 'auto.json'
@@ -115,6 +115,28 @@ def test_auto_on_a_cpu_chooses_by_measurement(monkeypatch, model, caplog, tmp_pa
     assert backend.name == 'torch-bf16' and 'backend auto -> torch-bf16 on cpu' in caplog.text
     assert 'bf16 2.0 ms' in backend.describe()['auto']
     assert backend.describe()['inductor'] is False
+
+
+def test_auto_times_backends_in_turns():
+    from imposing_ros.runtime import choice as choice_module
+
+    calls = []
+
+    class Recorder:
+        def __init__(self, name):
+            self.name = name
+
+        def encode_images(self, image):
+            calls.append(self.name)
+
+        def encode_poses(self, poses):
+            return poses
+
+    ms, codes = choice_module._time_backends({'a': Recorder('a'), 'b': Recorder('b')},
+                                             None, torch.zeros(1, 4, 7), levels=2)
+    rounds = choice_module.WARMUP + choice_module.REPEATS
+    assert calls == ['a', 'b'] * rounds  # in turns, so a slow spell hits both
+    assert set(ms) == set(codes) == {'a', 'b'} and all(v >= 0 for v in ms.values())
 
 
 def test_bad_backend_settings_are_refused(model):

@@ -133,6 +133,22 @@ def test_export_int8_then_evaluate_with_its_programs(folders, tmp_path, capsys):
     assert 'no int8 programs' in capsys.readouterr().err and not out.exists()
 
 
+def test_evaluate_search_overrides(folders, tmp_path, capsys):
+    root, _, test = folders
+    model = str(root / 'run' / 'last.pt')
+    base = ['evaluate', '--model', model, '--data', str(test), '--candidates', '256',
+            '--levels', '3', '--backend', 'torch']
+    out = tmp_path / 'refined.json'
+    assert cli.main(base + ['--set', 'search.refine_share=0.5', '--json', str(out)]) == 0
+    assert json.loads(out.read_text())['frames'] == 6
+    # Only search settings, checked by SearchConfig: a clear error and no result file.
+    for bad, said in (('train.lr=1', 'search.KEY=VALUE only'), ('search.refine_share=2',
+                      'refine_share'), ('search.nope=1', 'unknown SearchConfig key')):
+        out = tmp_path / 'bad.json'
+        assert cli.main(base + ['--set', bad, '--json', str(out)]) == 2
+        assert said in capsys.readouterr().err and not out.exists()
+
+
 def test_scene_specs_keep_reader_options():
     assert parse_scene_spec('helsinki=data/t1') == ('helsinki', 'data/t1')
     assert parse_scene_spec('t1.mcap?image=/cam') == (DEFAULT_SCENE, 't1.mcap?image=/cam')

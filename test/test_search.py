@@ -73,6 +73,19 @@ def test_oracle_search_converges_in_a_2km_map(grid_map):
     assert ((result.score > 0.9) & (result.score <= 1.0)).all()
 
 
+def test_translation_refinement_reaches_half_a_metre_with_the_oracle(grid_map):
+    paper, _, _ = oracle_errors(grid_map, SearchConfig())
+    refined, er, result = oracle_errors(grid_map, SearchConfig(refine_share=0.75))
+    # Measured: median 0.354 m (p90 0.59 m) against the paper's 1.125 m on these 30 poses; the
+    # rotation stays that of the best level-4 candidate (median 0.08 deg).
+    assert refined.median() <= 0.5 < paper.median()
+    assert er.median() < 0.2
+    # Three quarters of the last level keep the best candidate's rotation.
+    best = result.candidates[:, 0, 3:]
+    shared = ((result.candidates[..., 3:] - best[:, None]).abs().amax(-1) < 1e-6).float()
+    assert shared.mean() > 0.5
+
+
 def test_hierarchy_matters(grid_map):
     et_halve, _, _ = oracle_errors(grid_map, SearchConfig(schedule='halve'))
     et_flat, _, _ = oracle_errors(grid_map, SearchConfig(schedule='constant'))
@@ -103,7 +116,8 @@ def test_schedules():
 @pytest.mark.parametrize('kwargs', [dict(top_k=0), dict(num_average=5000), dict(levels=0),
                                     dict(sigma=(1.0, 2.0)), dict(schedule='cosine'),
                                     dict(averaging='mean'), dict(converge_m=-1.0),
-                                    dict(converge_deg=float('nan'))])
+                                    dict(converge_deg=float('nan')), dict(refine_share=1.5),
+                                    dict(refine_sigma_factor=0.0)])
 def test_bad_search_config(kwargs):
     with pytest.raises(ValueError):
         SearchConfig(**kwargs)

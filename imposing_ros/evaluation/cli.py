@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from imposing_ros.baselines.localizers import open_localizer
+from imposing_ros.config import config_from_dict, config_to_dict, parse_override
 from imposing_ros.evaluation.metrics import (
     covariance_calibration,
     format_summary,
@@ -31,6 +32,7 @@ from imposing_ros.evaluation.metrics import (
 )
 from imposing_ros.localization.localizer import LocalizerConfig
 from imposing_ros.localization.scenes import AUTO, SceneLocalizer, SceneVoteLocalizer
+from imposing_ros.localization.search import SearchConfig
 from imposing_ros.runtime.select import add_backend_arguments, DEFAULT_BACKEND, DEFAULT_INDUCTOR
 from imposing_ros.utils import atomic_write_text
 
@@ -144,6 +146,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              'scene wins is a miss)')
     parser.add_argument('--candidates', type=int, help='candidates per level (default 4096)')
     parser.add_argument('--levels', type=int, help='levels (default 6)')
+    parser.add_argument('--set', action='append', default=[], metavar='search.KEY=VALUE',
+                        help='override a search setting (repeatable), e.g. '
+                             "search.refine_share=0 for the paper's search")
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--min-score', type=float, default=0.0,
                         help='count a best score under this as a failure, as the node does with '
@@ -165,6 +170,13 @@ def run(args: argparse.Namespace) -> int:
                          top_k=min(search.top_k, args.candidates))
     if args.levels:
         search = replace(search, levels=args.levels)
+    overrides = {}
+    for text in args.set:
+        section, key, value = parse_override(text)
+        if section != 'search':
+            raise ValueError(f'--set {text!r}: evaluate takes search.KEY=VALUE only')
+        overrides[key] = value
+    search = config_from_dict(SearchConfig, {**config_to_dict(search), **overrides}, '--set')
     result = evaluate(args.model, open_dataset(args.data), args.scene,
                       LocalizerConfig(search=search), args.device, args.backend, args.inductor,
                       args.engine_cache, args.min_score, args.expect_scene)

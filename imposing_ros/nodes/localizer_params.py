@@ -46,9 +46,11 @@ PARAMETERS = (
     ('device', 'auto', 'inference device: auto (cuda if available, else cpu), cpu, cuda, cuda:N',
      _device),
     ('backend', DEFAULT_BACKEND, 'inference backend: auto (tensorrt on CUDA when torch-tensorrt '
-     'imports, else torch-fp16; on a CPU torch-bf16 where it runs bf16 natively, else torch), '
-     'torch (fp32), torch-bf16, torch-fp16, torch-int8 (CPU; programs from imposing-ros export '
-     '--format int8 in engine_cache), tensorrt', params.one_of(BACKENDS)),
+     'imports, else torch-fp16; on a CPU the fastest of fp32, bf16 and int8 whose codes agree '
+     'with fp32, timed at the first configure and cached per CPU and model), torch (fp32), '
+     'torch-bf16, torch-fp16, torch-int8 (CPU; programs from imposing-ros export --format int8 '
+     'in engine_cache, or built from calibration images the model carries), tensorrt',
+     params.one_of(BACKENDS)),
     ('inductor', DEFAULT_INDUCTOR, 'compile the torch backends with inductor (first configure '
      'takes seconds longer): auto (on a CPU with a C++ compiler), on, off',
      params.one_of(INDUCTOR_CHOICES)),
@@ -87,6 +89,12 @@ PARAMETERS = (
     ('search.converge_deg', _SEARCH.converge_deg,
      'early stop: rotation tolerance (deg); 0: no rotation test',
      params.at_least(0.0)),
+    ('search.refine_share', _SEARCH.refine_share,
+     "share of the last level's candidates drawn around the best candidate in translation "
+     "only; 0: the paper's search", params.in_range(0.0, 1.0)),
+    ('search.refine_sigma_factor', _SEARCH.refine_sigma_factor,
+     "translation deviation of those candidates, in multiples of the last level's",
+     params.at_least(0.0, True)),
     ('min_score', 0.5, 'best score in [0, 1] under which no pose is published (next frame '
      'searches globally)', params.in_range(0.0, 1.0)),
     ('max_rate', 0.0, 'most frames processed per second (Hz); 0: as fast as possible',
@@ -173,6 +181,7 @@ def localizer_config(s: Settings) -> LocalizerConfig:
         search=replace(_SEARCH, num_candidates=s.search_num_candidates, levels=s.search_levels,
                        top_k=s.search_top_k, num_average=s.search_num_average,
                        sigma=tuple(s.search_sigma), converge_m=s.search_converge_m,
-                       converge_deg=s.search_converge_deg),
+                       converge_deg=s.search_converge_deg, refine_share=s.search_refine_share,
+                       refine_sigma_factor=s.search_refine_sigma_factor),
         tracking_levels=s.tracking_levels, tracking_min_sigma=tuple(s.tracking_min_sigma),
         seed=s.seed, image_crop=s.image_crop)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from imposing_ros.config import config_from_dict
+from imposing_ros.config import config_from_dict, parse_override
 from imposing_ros.data.cache import CachedPosedImages, ImageCache
 from imposing_ros.geometry import turning
 from imposing_ros.localization.search import SearchConfig
@@ -58,17 +58,8 @@ def load_configs(path: str | None, method: str = 'imposing', overrides: list[str
             raise FileNotFoundError(f'config file not found: {p}')
         data = yaml.safe_load(p.read_text()) or {}
     for text in overrides:
-        name, sep, value = text.partition('=')
-        section, dot, key = name.partition('.')
-        if not sep or not dot or not key:
-            raise ValueError(f'--set {text!r}: expected SECTION.KEY=VALUE, e.g. train.lr=1e-4')
-        parsed = yaml.safe_load(value)
-        if isinstance(parsed, str):  # YAML 1.1 reads 1e-4 as a string
-            try:
-                parsed = float(parsed)
-            except ValueError:
-                pass
-        data[section] = {**(data.get(section) or {}), key: parsed}
+        section, key, value = parse_override(text)
+        data[section] = {**(data.get(section) or {}), key: value}
     unknown = set(data) - {'model', 'train', 'search'}
     if unknown:
         raise ValueError(f'{path or "--set"}: unknown section(s) {sorted(unknown)}; '
