@@ -175,9 +175,9 @@ class SceneLocalizer:
             return SceneResult(result, scene, {scene: result.score}, switched)
         results = {name: loc.localize(image) for name, loc in self.localizers.items()}
         scores = {name: r.score for name, r in results.items()}
-        winner = max(scores, key=scores.get)
-        if scores[winner] < min_score or scores[winner] <= 0:
-            scene = self.scene or winner
+        winner = vote(scores, min_score)
+        if winner is None:
+            scene = self.scene or max(scores, key=scores.get)
             return SceneResult(results[scene], scene, scores, False)
         switched = self.switch.vote(winner)
         if switched:
@@ -206,8 +206,8 @@ class SceneVoteLocalizer:
     def localize(self, image: np.ndarray) -> LocalizationResult | None:
         """The expected scene's result unless another scene wins the vote (then None)."""
         results = {name: loc.localize(image) for name, loc in self.localizers.items()}
-        winner = max(results, key=lambda name: results[name].score)
-        if results[winner].score < self.min_score or results[winner].score <= 0:
+        winner = vote({name: r.score for name, r in results.items()}, self.min_score)
+        if winner is None:
             self.votes[self.NONE] += 1
             return results[self.expected]  # under min_score: a miss all the same
         self.votes[winner] += 1
@@ -218,6 +218,15 @@ class SceneVoteLocalizer:
         """Share of the voting frames the expected scene won."""
         voted = sum(v for k, v in self.votes.items() if k != self.NONE)
         return self.votes[self.expected] / voted if voted else float('nan')
+
+
+def vote(scores: dict[str, float], min_score: float = 0.0) -> str | None:
+    """The best-scoring scene, or None where no scene recognised the image.
+
+    Not recognised: the best score is 0 or under ``min_score`` (the node would publish no pose).
+    """
+    winner = max(scores, key=scores.get)
+    return None if scores[winner] <= 0 or scores[winner] < min_score else winner
 
 
 def check_scene(scene: str, scenes: list[str]) -> str:

@@ -153,7 +153,7 @@ def make_loaders(scenes: dict[str, SceneData], cfg, rank: int = 0,
         if augment is not None and hasattr(s.train, 'transform'):
             s.train.transform = augment
         sampler = DistributedSampler(s.train, world, rank, seed=cfg.seed) if world > 1 else None
-        if getattr(cfg, 'turn_weight', 1.0) != 1.0:
+        if cfg.turn_weight != 1.0:
             if s.turning is None or len(s.turning) != len(s.train):
                 raise ValueError(f'scene {name!r}: turn_weight needs which training frames turn')
             if world > 1:
