@@ -27,7 +27,7 @@ from imposing_ros.geometry import (  # noqa: E402
 )
 from imposing_ros.nodes.demo import demo_parameters  # noqa: E402
 from imposing_ros.nodes.demo_bags import BagInfo, GAP_NS, Playlist  # noqa: E402
-from imposing_ros.nodes.demo_report import summarize  # noqa: E402
+from imposing_ros.nodes.demo_report import format_summary, summarize  # noqa: E402
 from imposing_ros.runtime.select import CPU_AUTO_BACKENDS  # noqa: E402
 
 FRAMES = 30
@@ -140,11 +140,18 @@ def test_summary_counts_errors_and_failures(tiny_bag):
         matrix = info.truth_at(stamp).copy()
         matrix[1, 3] += 2.0
         poses.append((10.0 + i + 0.05, stamp, matrix, 'map'))
-    s = summarize(info, sent, poses, {})
+    diagnostics = {'processing median since configure (ms)': '40.25', 'frames skipped': '0'}
+    s = summarize(info, sent, poses, diagnostics)
     assert s['poses'] == len(localized) and s['frames_with_truth'] == FRAMES
     assert s['missed'] == FRAMES - len(localized)
     assert math.isclose(s['median_error_m'], 2.0, abs_tol=1e-6)
     assert math.isclose(s['latency_ms']['p50'], 50.0, abs_tol=1e-3)
+    # One image a second played; poses come as often, less the skipped fourth frames.
+    assert s['images_per_s'] == pytest.approx(1.0)
+    assert s['poses_per_s'] == pytest.approx((len(localized) - 1) / (localized[-1] - localized[0]))
+    assert s['localizer processing median since configure (ms)'] == '40.25'
+    assert s['latency_p50_over_processing'] == pytest.approx(50.0 / 40.25)
+    assert 'latency p50 / localizer processing median: 1.24' in format_summary(s)
     # Misses count in every recall: 3 of 4 frames are within 5 m.
     assert s['recall']['5.0m/10.0deg'] == pytest.approx(len(localized) / FRAMES)
     assert s['recall']['1.0m/5.0deg'] == 0.0

@@ -63,6 +63,22 @@ def test_image_conversion_raw_compressed_and_padding():
     assert np.array_equal(message_to_rgb(CompressedImage(format='png', data=png.tobytes())), rgb)
 
 
+def test_processing_median_covers_the_whole_run():
+    from types import SimpleNamespace
+
+    from imposing_ros.nodes.localizer_outputs import PROCESSING_MAX_MS, Stats
+
+    stats = Stats()
+    assert math.isnan(stats.processing_median_ms())
+    result = SimpleNamespace(score=0.9, mode='global')
+    for ms in [10.2] * 50 + [30.1] * 51 + [5 * PROCESSING_MAX_MS]:
+        stats.record(result, True, ms, 0.0, 0.5)
+    stats.done.clear()  # the 5 s window is gone; the run's median is not
+    assert stats.processing_median_ms() == pytest.approx(30.25)
+    values, window, _ = stats.snapshot(time.monotonic())
+    assert not window and values['processing median since configure (ms)'] == pytest.approx(30.25)
+
+
 @pytest.mark.parametrize('msg, reason', [
     (Image(height=4, width=4, encoding='32FC1', step=16, data=bytes(64)), 'unsupported encoding'),
     (Image(height=0, width=0, encoding='rgb8', step=0), 'empty image'),
@@ -140,6 +156,7 @@ def test_image_in_pose_out(running):
     for key in ('rate (Hz)', 'latency median (ms)', 'frames skipped', 'last score'):
         assert key in values
     assert float(values['latency median (ms)']) > 0
+    assert float(values['processing median since configure (ms)']) > 0
 
 
 @pytest.mark.ros

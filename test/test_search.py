@@ -1,5 +1,6 @@
 """The hierarchical search alone, with an oracle score (eq. 3 around a hidden true pose)."""
 
+from dataclasses import replace
 import math
 
 import pytest
@@ -8,6 +9,8 @@ import torch
 from imposing_ros.geometry import MapNormalization, rotation_distance, rpy_to_quat
 from imposing_ros.localization.search import draw_noise, hierarchical_search, SearchConfig
 from imposing_ros.training.losses import target_scores
+
+PAPER = SearchConfig(refine_share=0.0)  # the paper's search (section 4)
 
 
 def street_grid(extent=2000.0, block=200.0, spacing=2.0):
@@ -61,10 +64,11 @@ def oracle_errors(grid_map, config, count=30):
 
 
 def test_oracle_search_converges_in_a_2km_map(grid_map):
-    et, er, result = oracle_errors(grid_map, SearchConfig())  # N = 4096, K = 6, B = 100
+    # The paper's search: N = 4096, K = 6, B = 100, no translation refinement.
+    et, er, result = oracle_errors(grid_map, PAPER)
     # Measured: median 1.12 m / 0.013 deg over these 30 poses; one level alone: 14 m / 2 deg.
-    # The 0.5 m goal of the issue is not reached: with eq. 3 in a 2 km map one degree weighs as
-    # much as 40 m, so the proposer ranks candidates by rotation long before translation.
+    # With eq. 3 in a 2 km map one degree weighs as much as 40 m, so the proposer ranks
+    # candidates by rotation long before translation (the default refinement, below, helps).
     assert et.median() < 1.5, f'median translation error {et.median():.2f} m'
     assert er.median() < 1.0 and er.max() < 1.0
     assert (et < 5.0).float().mean() >= 0.9
@@ -74,24 +78,30 @@ def test_oracle_search_converges_in_a_2km_map(grid_map):
 
 
 def test_translation_refinement_reaches_half_a_metre_with_the_oracle(grid_map):
-    paper, _, _ = oracle_errors(grid_map, SearchConfig())
-    refined, er, result = oracle_errors(grid_map, SearchConfig(refine_share=0.75))
-    # Measured: median 0.354 m (p90 0.59 m) against the paper's 1.125 m on these 30 poses; the
-    # rotation stays that of the best level-4 candidate (median 0.08 deg).
+    paper, er_paper, paper_result = oracle_errors(grid_map, PAPER)
+    refined, er, result = oracle_errors(grid_map, SearchConfig())  # the default: 0.75
+    # Measured: median 0.354 m (p90 0.59 m) against the paper's 1.125 m on these 30 poses;
+    # the rotation, from the eq. 2 candidates, 0.019 deg (paper 0.013 deg).
+    assert SearchConfig().refine_share > 0
     assert refined.median() <= 0.5 < paper.median()
-    assert er.median() < 0.2
+    assert er.median() < 2 * er_paper.median()
     # Three quarters of the last level keep the best candidate's rotation.
     best = result.candidates[:, 0, 3:]
     shared = ((result.candidates[..., 3:] - best[:, None]).abs().amax(-1) < 1e-6).float()
     assert shared.mean() > 0.5
+    # Yet the rotation covariance is not collapsed to the numerical floor: it is the spread of
+    # the level's eq. 2 candidates (rotation block trace, rad^2, per pose).
+    def rotation_var(r):
+        return torch.diagonal(r.covariance[:, 3:, 3:], dim1=-2, dim2=-1).sum(-1)
+    assert (rotation_var(result) > 0.5 * rotation_var(paper_result)).all()
 
 
 def test_hierarchy_matters(grid_map):
-    et_halve, _, _ = oracle_errors(grid_map, SearchConfig(schedule='halve'))
-    et_flat, _, _ = oracle_errors(grid_map, SearchConfig(schedule='constant'))
-    et_one, _, _ = oracle_errors(grid_map, SearchConfig(levels=1))
-    _, er_halve, _ = oracle_errors(grid_map, SearchConfig(schedule='halve'))
-    _, er_flat, _ = oracle_errors(grid_map, SearchConfig(schedule='constant'))
+    et_halve, _, _ = oracle_errors(grid_map, replace(PAPER, schedule='halve'))
+    et_flat, _, _ = oracle_errors(grid_map, replace(PAPER, schedule='constant'))
+    et_one, _, _ = oracle_errors(grid_map, replace(PAPER, levels=1))
+    _, er_halve, _ = oracle_errors(grid_map, replace(PAPER, schedule='halve'))
+    _, er_flat, _ = oracle_errors(grid_map, replace(PAPER, schedule='constant'))
     # Measured: constant sigma 1.35 m / 0.054 deg against 1.12 m / 0.013 deg halved.
     assert et_flat.median() > 1.1 * et_halve.median()
     assert er_flat.median() > 2 * er_halve.median()
@@ -137,17 +147,17 @@ def _per_image_search(grid_map, config, count=30):
 
 
 def test_early_stop_trades_levels_for_accuracy(grid_map):
-    full_err, full_levels = _per_image_search(grid_map, SearchConfig())
+    full_err, full_levels = _per_image_search(grid_map, PAPER)
     assert (full_levels == 6).all()
     # A tolerance nothing can miss stops right after level 1; one nothing can meet never stops.
-    _, levels = _per_image_search(grid_map, SearchConfig(converge_m=1e9, converge_deg=1e9), 5)
+    _, levels = _per_image_search(grid_map, replace(PAPER, converge_m=1e9, converge_deg=1e9), 5)
     assert (levels == 2).all()
-    tight_err, levels = _per_image_search(grid_map, SearchConfig(converge_m=1e-6,
+    tight_err, levels = _per_image_search(grid_map, replace(PAPER, converge_m=1e-6,
                                                                  converge_deg=1e-6), 5)
     assert (levels == 6).all()
-    assert torch.equal(tight_err, _per_image_search(grid_map, SearchConfig(), 5)[0])
+    assert torch.equal(tight_err, _per_image_search(grid_map, PAPER, 5)[0])
     # Measured: 2 m / 0.5 deg runs 4.6 levels on average for a median of 2.2 m (full: 0.9 m).
-    err, levels = _per_image_search(grid_map, SearchConfig(converge_m=2.0, converge_deg=0.5))
+    err, levels = _per_image_search(grid_map, replace(PAPER, converge_m=2.0, converge_deg=0.5))
     assert levels.mean() < 5.5 and err.median() < 3.0
 
 
@@ -156,8 +166,8 @@ def test_every_reference_pose_at_level0_halves_the_error(grid_map):
     # reference poses of the map instead of 4096 costs one larger matrix product per frame.
     norm, sampled = grid_map
     reference = street_grid()
-    et_all, er_all, _ = oracle_errors((norm, reference), SearchConfig())
-    et_4k, _, _ = oracle_errors((norm, sampled), SearchConfig())
+    et_all, er_all, _ = oracle_errors((norm, reference), PAPER)
+    et_4k, _, _ = oracle_errors((norm, sampled), PAPER)
     # Measured on these 30 poses: 0.60 m median, all within 5 m (4096 sampled: 1.12 m, 97 %).
     assert et_all.median() < 0.75 and (et_all < 5.0).all()
     assert et_all.median() < 0.7 * et_4k.median()

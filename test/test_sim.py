@@ -88,6 +88,31 @@ def test_trajectory_is_smooth_and_stops_at_turns():
     assert np.allclose(traj.xy[first, 1], -1.6, atol=0.1)
 
 
+def test_turns_only_images_the_corners_at_the_asked_spacing():
+    from imposing_ros.sim.route import frame_indices
+
+    traj = _test_trajectory()
+    every = frame_indices(traj, 3.0)
+    dense = frame_indices(traj, 1.5, turns_only=True)
+    assert abs(np.median(np.diff(traj.s[every])) - 3.0) < 0.05
+    # Only the right turn and the left bend are imaged, every 1.5 m driven.
+    assert 0 < len(dense) < len(every) / 2
+    assert abs(np.median(np.diff(traj.s[dense])) - 1.5) < 0.05
+    window = 6.0
+    for k in dense:
+        near = np.abs(traj.s - traj.s[k]) <= window + 0.5
+        assert np.ptp(traj.yaw[near]) > np.radians(10.0) - 1e-3
+    # The straights between are not imaged.
+    straight = (traj.xy[:, 0] > 40) & (traj.xy[:, 0] < 160) & (np.abs(traj.xy[:, 1]) < 5)
+    assert not straight[dense].any()
+
+
+@pytest.mark.parametrize('value', [0.0, -1.0, float('nan')])
+def test_traversal_spacing_is_checked(value):
+    with pytest.raises(ValueError, match='frame_spacing_m'):
+        scene_from_dict({'traversals': [{'name': 'a', 'frame_spacing_m': value}]})
+
+
 def test_odometry_noise_and_drift_statistics():
     from imposing_ros.sim.odometry import drift_bound, simulate_odometry
 

@@ -227,7 +227,9 @@ class Localizer:
                 initial_scores = level0_scores(image_codes, self.initial_unit)
         else:
             mode = 'tracking'
-            search = replace(cfg.search, levels=cfg.tracking_levels)
+            # No translation refinement here: its deviation is a multiple of the last level's,
+            # which after 3 levels is still 4 m (the demo: 1.58 m with it, 1.45 m without).
+            search = replace(cfg.search, levels=cfg.tracking_levels, refine_share=0.0)
             generator = self._generator()
             initial = self.prior_candidates(prior_pose, prior_covariance, search, generator)
             noise = draw_noise(search, 1, generator, self.device)

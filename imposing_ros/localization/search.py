@@ -56,14 +56,14 @@ class SearchConfig:
     converge_deg: float = 0.0
     # Translation refinement of the last level: this share of its candidates is drawn around
     # the best candidate of the level before, moved in translation only, with the last level's
-    # translation sigma times refine_sigma_factor (the rest follow eq. 2). Why: with eq. 3 one
-    # degree weighs as much as tens of metres, so candidates that differ in rotation are ranked
-    # by rotation; sharing one rotation, they are ranked by translation. With the eq. 3 oracle
-    # in a 2 km map (test/test_search.py) 0.75 takes the median error from 1.12 m to 0.35 m; the
-    # trained demo model does not gain (300 held-out frames: 1.73 m / 0.19 deg against 1.68 m /
-    # 0.14 deg, and the averaged candidates then share one rotation, so the rotation covariance
-    # collapses): its score, not the search, limits it. Off by default (0: the paper's search).
-    refine_share: float = 0.0
+    # translation sigma times refine_sigma_factor (the rest follow eq. 2). The estimate takes
+    # its translation from the best of all the level's candidates, its rotation and covariance
+    # from the eq. 2 ones (the refined share one rotation). Why: with eq. 3 one degree weighs as
+    # much as tens of metres, so candidates that differ in rotation are ranked by rotation;
+    # sharing one rotation, they are ranked by translation. With the eq. 3 oracle in a 2 km map
+    # (test/test_search.py) 0.75 takes the median error from 1.12 m to 0.35 m; the trained demo
+    # model gains little (docs/method.md). 0: the paper's search.
+    refine_share: float = 0.75
     refine_sigma_factor: float = 4.0
 
     def __post_init__(self):
@@ -268,6 +268,7 @@ def hierarchical_search(image_codes: torch.Tensor,
     refined = min(config.refined, noise.uniform.shape[-1])
     last_mean = None
     level = 0
+    last_refined = False  # whether the last level run drew the refined candidates
     for level in range(1, levels):
         top_scores, top_index = scores.topk(top_k, dim=1)
         centers = gather_poses(candidates, top_index)
@@ -284,6 +285,7 @@ def hierarchical_search(image_codes: torch.Tensor,
             moved = refine_translation(centers[:, 0], noise.normal[level - 1][:, :refined],
                                        sigmas[level - 1] * config.refine_sigma_factor)
             candidates = torch.cat([moved, candidates[:, refined:]], dim=1)
+            last_refined = True
         stage(f'level{level}/topk+sample')
         codes = encode_poses(candidates)
         stage(f'level{level}/encode')
@@ -292,8 +294,22 @@ def hierarchical_search(image_codes: torch.Tensor,
         if on_level is not None:
             on_level(level, candidates, scores)
     result = average_top(candidates, scores, config)._replace(levels=level + 1)
+    if last_refined and refined < candidates.shape[1]:
+        # The refined candidates share one rotation (that of the level before): the rotation
+        # and the covariance come from the level's eq. 2 candidates, refined in rotation too,
+        # around the estimate, as the paper's search would give them.
+        rest = average_top(candidates[:, refined:], scores[:, refined:], config)
+        pose = torch.cat([result.pose[:, :3], rest.pose[:, 3:]], dim=-1)
+        weights = rest.candidate_scores + 1e-12
+        result = result._replace(pose=pose, covariance=_floored(
+            weighted_pose_covariance(rest.candidates, weights, pose)))
     stage('average+covariance')
     return result
+
+
+def _floored(covariance: torch.Tensor) -> torch.Tensor:
+    """Positive definite when all candidates coincide (numerical floor, not a prior)."""
+    return covariance + 1e-9 * torch.eye(6, dtype=covariance.dtype, device=covariance.device)
 
 
 def _weighted_mean_pose(poses: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -336,7 +352,5 @@ def average_top(candidates: torch.Tensor, scores: torch.Tensor,
     else:
         quat = weighted_quat_average_power(top[..., 3:], norm)
     pose = torch.cat([translation, canonical_quat(quat)], dim=-1)
-    covariance = weighted_pose_covariance(top, norm, pose)
-    # Keep it positive definite when all candidates coincide (numerical floor, not a prior).
-    covariance = covariance + 1e-9 * torch.eye(6, dtype=covariance.dtype, device=covariance.device)
+    covariance = _floored(weighted_pose_covariance(top, norm, pose))
     return SearchResult(pose, covariance, top_scores[:, 0], top, top_scores, 1)

@@ -77,13 +77,44 @@ def summarize(info, sent: dict, poses: list, diagnostics: dict) -> dict:
                 entry['frames_to_switch'] = next(
                     (k for k, r in enumerate(part) if r[1] is not None), len(part))
             summary['bags'].append(entry)
+    summary.update(_rates(sent, poses))
     if latencies:
         lat = np.array(latencies)
         summary['latency_ms'] = {f'p{q}': float(np.percentile(lat, q)) for q in (50, 90, 99)}
-    for key in ('frames skipped', 'frames rejected', 'latency median (ms)', 'device', 'backend'):
+    for key in DIAGNOSTICS_KEPT:
         if key in diagnostics:
             summary[f'localizer {key}'] = diagnostics[key]
+    processing = _number(diagnostics.get(PROCESSING_KEY))
+    if latencies and processing and processing > 0:
+        # End-to-end latency (decode, DDS, queueing included) over the node's own time a frame.
+        summary['latency_p50_over_processing'] = summary['latency_ms']['p50'] / processing
     return summary
+
+
+# The node's run-long processing median (nodes/localizer_outputs.Stats); the other keys kept
+# from the last /diagnostics of the run ('latency median (ms)' there is its last 5 s only).
+PROCESSING_KEY = 'processing median since configure (ms)'
+DIAGNOSTICS_KEPT = ('frames processed', 'frames skipped', 'frames rejected', PROCESSING_KEY,
+                    'device', 'backend')
+
+
+def _number(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _rates(sent: dict, poses: list) -> dict:
+    """Images played and poses received per second of wall time (first to last of each)."""
+    out = {}
+    times = sorted(sent.values())
+    if len(times) > 1 and times[-1] > times[0]:
+        out['images_per_s'] = (len(times) - 1) / (times[-1] - times[0])
+    received = sorted(p[0] for p in poses)
+    if len(received) > 1 and received[-1] > received[0]:
+        out['poses_per_s'] = (len(received) - 1) / (received[-1] - received[0])
+    return out
 
 
 def _accuracy(rows: list[tuple]) -> dict:
@@ -107,9 +138,15 @@ def format_summary(s: dict) -> str:
                      f"{s['mean_error_deg_localized']:.2f} deg")
         lines.append('  recall (all frames): ' + ', '.join(
             f'{k} {100 * v:.1f}%' for k, v in s['recall'].items()))
+    if 'images_per_s' in s:
+        lines.append(f"  rate: {s['images_per_s']:.1f} images/s played, "
+                     f"{s.get('poses_per_s', 0.0):.1f} poses/s received")
     if 'latency_ms' in s:
         lines.append('  latency image->pose over DDS: ' + ', '.join(
             f'{k} {v:.0f} ms' for k, v in s['latency_ms'].items()))
+    if 'latency_p50_over_processing' in s:
+        lines.append(f"  latency p50 / localizer processing median: "
+                     f"{s['latency_p50_over_processing']:.2f}")
     for bag in s.get('bags', []):
         if 'median_error_m' in bag:
             switch = f", first pose in its map after {bag['frames_to_switch']} frames" \

@@ -19,6 +19,10 @@ from imposing_ros.nodes.conversions import matrix_to_pose_msg
 
 # Period of the sliding windows of the rate and latency statistics.
 STATS_WINDOW_S = 5.0
+# Processing times since configure are counted in bins of this width (ms) up to the last
+# bin's edge; a longer frame counts in the last bin. Constant memory however long the run.
+PROCESSING_BIN_MS = 0.5
+PROCESSING_MAX_MS = 2000.0
 
 
 def score_color(fraction: float) -> ColorRGBA:
@@ -35,6 +39,7 @@ class Stats:
         self.failed = self.low_score = 0
         self.rejected: dict[str, int] = {}
         self.done = deque()  # (monotonic time, processing ms, stamp age ms)
+        self.processing_counts = np.zeros(int(PROCESSING_MAX_MS / PROCESSING_BIN_MS), np.int64)
         self.last_score = float('nan')
         self.last_mode = ''
         self.last_problem = ''
@@ -48,6 +53,8 @@ class Stats:
         self.low_score += int(not published)
         self.last_score, self.last_mode = result.score, result.mode
         self.done.append((time.monotonic(), processing_ms, age_ms))
+        bin_ = min(int(processing_ms / PROCESSING_BIN_MS), len(self.processing_counts) - 1)
+        self.processing_counts[max(bin_, 0)] += 1
         self.last_outcome = 'published' if published else 'low score'
         if not published:
             self.last_problem = f'score {result.score:.3f} < min_score {min_score}'
@@ -61,6 +68,14 @@ class Stats:
         """Count a refused frame and remember why."""
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
         self.last_problem, self.last_outcome = reason, 'rejected'
+
+    def processing_median_ms(self) -> float:
+        """Median processing time of every frame localized since configure (bin centre), or nan."""
+        total = int(self.processing_counts.sum())
+        if not total:
+            return float('nan')
+        k = int(np.searchsorted(np.cumsum(self.processing_counts), (total + 1) / 2))
+        return (k + 0.5) * PROCESSING_BIN_MS
 
     def window(self, now: float):
         """(time, processing ms, stamp age ms) of the frames done in the last STATS_WINDOW_S."""
@@ -79,6 +94,7 @@ class Stats:
             'frames failed': self.failed,
             'frames rejected': sum(self.rejected.values()),
             **{f'rejected: {k}': v for k, v in sorted(self.rejected.items())},
+            'processing median since configure (ms)': self.processing_median_ms(),
             'last score': self.last_score,
             'mode': self.last_mode,
             'last problem': self.last_problem,

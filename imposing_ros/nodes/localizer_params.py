@@ -91,7 +91,8 @@ PARAMETERS = (
      params.at_least(0.0)),
     ('search.refine_share', _SEARCH.refine_share,
      "share of the last level's candidates drawn around the best candidate in translation "
-     "only; 0: the paper's search", params.in_range(0.0, 1.0)),
+     "only (rotation and covariance from the others); 0: the paper's search",
+     params.in_range(0.0, 1.0)),
     ('search.refine_sigma_factor', _SEARCH.refine_sigma_factor,
      "translation deviation of those candidates, in multiples of the last level's",
      params.at_least(0.0, True)),

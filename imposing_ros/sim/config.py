@@ -182,6 +182,11 @@ class TraversalConfig:
     # traversal held out for testing needs them for its poses not to repeat reference poses.
     lane_offset_m: float = 0.0
     frame_phase_m: float = 0.0
+    # Image spacing of this traversal (m driven; None: camera.frame_spacing_m), and whether it
+    # images only where the vehicle turns (heading change over TURN_DEG within +-TURN_WINDOW_M
+    # driven: the street corners, where views change fastest and models fail first).
+    frame_spacing_m: float | None = None
+    turns_only: bool = False
 
     def __post_init__(self):
         if not self.name or not all(c.isalnum() or c in '_-' for c in self.name):
@@ -190,6 +195,10 @@ class TraversalConfig:
             raise ValueError(f'lane_offset_m must be within [-3, 3] m, got {self.lane_offset_m}')
         if not (math.isfinite(self.frame_phase_m) and self.frame_phase_m >= 0):
             raise ValueError(f'frame_phase_m must be >= 0, got {self.frame_phase_m}')
+        if self.frame_spacing_m is not None and not (
+                math.isfinite(self.frame_spacing_m) and 0.1 <= self.frame_spacing_m <= 100.0):
+            raise ValueError(f'frame_spacing_m must be within [0.1, 100] m or null, got '
+                             f'{self.frame_spacing_m}')
         if self.preset not in PRESETS:
             raise ValueError(f'preset must be one of {", ".join(PRESETS)}, got {self.preset!r}')
 

@@ -120,7 +120,9 @@ def generate(config: SceneConfig, out: str | Path, traversals: list[str] | None 
                                     trav.lane_offset_m)
             odo = simulate_odometry(traj, config.odometry,
                                     np.random.default_rng([config.seed, 11, trav.seed]))
-            frames = frame_indices(traj, cam.frame_spacing_m, max_frames, trav.frame_phase_m)
+            spacing = cam.frame_spacing_m if trav.frame_spacing_m is None else trav.frame_spacing_m
+            frames = frame_indices(traj, spacing, max_frames, trav.frame_phase_m,
+                                   trav.turns_only)
             last = int(frames[-1]) + 1 if max_frames else len(traj.t)
             start_ns = (config.start_time_s + index[trav.name] * config.traversal_gap_s) * 10**9
 

@@ -214,13 +214,25 @@ def build_trajectory(centre: np.ndarray, offsets: np.ndarray, vehicle: VehicleCo
     return Trajectory(t, xy, yaw_t, speed, yaw_rate, s)
 
 
+TURN_DEG = 10.0       # heading change that makes a turn (``turns_only`` traversals) ...
+TURN_WINDOW_M = 6.0   # ... between this far before and after (the evaluation's +-2 images of 3 m)
+
+
 def frame_indices(traj: Trajectory, spacing_m: float, max_frames: int = 0,
-                  phase_m: float = 0.0) -> np.ndarray:
+                  phase_m: float = 0.0, turns_only: bool = False) -> np.ndarray:
     """Indices of the samples where an image is taken: every ``spacing_m`` metres driven.
 
     The first image is taken after ``phase_m`` metres (images between another traversal's).
+    ``turns_only`` keeps the places where the heading changes by more than ``TURN_DEG`` between
+    ``TURN_WINDOW_M`` before and after: the corners, which
+    ``imposing_ros.geometry.turning`` marks on a drive imaged every 3 m.
     """
     marks = np.arange(phase_m, traj.s[-1], spacing_m)
+    if turns_only:
+        # s does not decrease; at stops it repeats, which np.interp takes (any of equal yaws).
+        before = np.interp(np.maximum(marks - TURN_WINDOW_M, 0.0), traj.s, traj.yaw)
+        after = np.interp(np.minimum(marks + TURN_WINDOW_M, traj.s[-1]), traj.s, traj.yaw)
+        marks = marks[np.abs(after - before) > np.radians(TURN_DEG)]
     idx = np.searchsorted(traj.s, marks, side='left')
     idx = np.unique(np.clip(idx, 0, len(traj.s) - 1))
     if max_frames:
