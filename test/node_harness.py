@@ -36,9 +36,12 @@ IMAGE_TOPIC = '/camera/image_raw'
 PRIOR_TOPIC = '/imposing_motion_filter/prior'
 
 
-# The search of the node tests: small enough for the tiny model on 2 cores.
+# The search of the node tests: small enough for the tiny model on 2 cores. Eager: these tests
+# check the node's ROS behaviour, and compiling the encoders and the search's steps costs about
+# 8 s a node start on 2 cores; the compiled path is tested in test_backends.py, test_int8.py and
+# by the demo tests (test_demo.py), whose node compiles as in production.
 SMALL_SEARCH = {'search.num_candidates': 256, 'search.levels': 3, 'search.top_k': 16,
-                'search.num_average': 32, 'min_score': 0.0}
+                'search.num_average': 32, 'min_score': 0.0, 'inductor': 'off'}
 
 
 def write_params(path, localizer=None, **nodes):

@@ -50,7 +50,7 @@ def test_bf16_backend_codes_stay_close_to_fp32(model):
         assert bf16.encode_poses(poses).dtype == torch.bfloat16
         assert _cosine(bf16.encode_poses(poses), model.encode_poses(poses)).min() > 0.99
         assert _cosine(bf16.encode_images(images), model.encode_images(images)).min() > 0.99
-        scores = bf16.score(model.encode_images(images), bf16.encode_poses(poses))
+        scores = bf16.steps.score(model.encode_images(images), bf16.encode_poses(poses))
     assert scores.dtype == torch.float32 and scores.shape == (2, 500)
 
 
@@ -65,12 +65,22 @@ def test_inductor_backend_gives_the_eager_results(model):
                               rtol=1e-3, atol=1e-3)
         assert torch.allclose(compiled.encode_poses(poses), eager.encode_poses(poses),
                               rtol=1e-4, atol=1e-4)
+    # The search's compiled steps (proposer with and without the refinement, the estimate):
+    # the same search in global and in tracking mode.
     config = LocalizerConfig(search=SEARCH)
     image = np.random.default_rng(1).integers(0, 255, (96, 160, 3), np.uint8)
-    a = Localizer(model, config=config, backend=eager).localize(image)
-    b = Localizer(model, config=config, backend=compiled).localize(image)
+    eager_localizer = Localizer(model, config=config, backend=eager)
+    compiled_localizer = Localizer(model, config=config, backend=compiled)
+    a, b = eager_localizer.localize(image), compiled_localizer.localize(image)
     assert np.abs(a.pose[:3] - b.pose[:3]).max() < 1e-2
     assert abs(a.score - b.score) < 1e-4
+    assert np.allclose(a.covariance, b.covariance, rtol=1e-2, atol=1e-6)
+    prior_pose, prior = a.pose, np.diag([4.0, 4.0, 0.04, 1e-3, 1e-3, 1e-2])
+    a = eager_localizer.localize(image, prior_pose, prior)
+    b = compiled_localizer.localize(image, prior_pose, prior)
+    assert a.mode == b.mode == 'tracking'
+    assert np.abs(a.pose[:3] - b.pose[:3]).max() < 1e-2
+    assert np.allclose(a.covariance, b.covariance, rtol=1e-2, atol=1e-6)
 
 
 def test_auto_on_a_cpu_chooses_by_measurement(monkeypatch, model, caplog, tmp_path):

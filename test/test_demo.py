@@ -104,7 +104,8 @@ def tiny_bag(tmp_path_factory):
     folder = tmp_path_factory.mktemp('demo')
     model, road = build_tiny_checkpoint(folder / 'tiny.pt')
     bag = write_bag(folder / 'traversal', road)
-    params = write_params(folder / 'params.yaml', {'tracking.levels': 2})
+    # Compiled as in production (the node tests' SMALL_SEARCH runs eager).
+    params = write_params(folder / 'params.yaml', {'tracking.levels': 2, 'inductor': 'auto'})
     return model, bag, params, folder
 
 

@@ -77,7 +77,7 @@ def test_graph_replay_survives_memory_churn(model, check_inputs):
         unit = unit_codes(backend.encode_poses(poses))
         codes = backend.encode_images(torch.rand(1, 3, *TINY.image_size, device=device))
         expected = hierarchical_search(codes, backend.encode_poses, poses, SEARCH, noise,
-                                       score=backend.score, sample=backend.sample,
+                                       steps=backend.steps,
                                        initial_scores=level0_scores(codes, unit))
     # Inputs only the graph holds: freed at once if it did not keep them.
     graph = GraphedSearch(backend, poses.clone(), unit.clone(), SEARCH,

@@ -7,7 +7,12 @@ import pytest
 import torch
 
 from imposing_ros.geometry import MapNormalization, rotation_distance, rpy_to_quat
-from imposing_ros.localization.search import draw_noise, hierarchical_search, SearchConfig
+from imposing_ros.localization.search import (
+    draw_noise,
+    hierarchical_search,
+    SearchConfig,
+    SearchSteps,
+)
 from imposing_ros.training.losses import target_scores
 
 PAPER = SearchConfig(refine_share=0.0)  # the paper's search (section 4)
@@ -57,7 +62,8 @@ def oracle_errors(grid_map, config, count=30):
         return target_scores(true_poses, candidates, norm.scale)
 
     noise = draw_noise(config, count, torch.Generator().manual_seed(1))
-    result = hierarchical_search(truth, lambda p: p, initial, config, noise, score=oracle)
+    result = hierarchical_search(truth, lambda p: p, initial, config, noise,
+                                 SearchSteps(score=oracle))
     et = (result.pose[:, :3] - truth[:, :3]).norm(dim=-1)
     er = torch.rad2deg(rotation_distance(result.pose[:, 3:], truth[:, 3:]))
     return et, er, result
@@ -139,8 +145,8 @@ def _per_image_search(grid_map, config, count=30):
     errors, levels = [], []
     for truth in hidden_poses(count):
         noise = draw_noise(config, 1, torch.Generator().manual_seed(1))
-        result = hierarchical_search(truth[None], lambda p: p, initial, config, noise,
-                                     score=lambda t, c: target_scores(t, c, norm.scale))
+        oracle = SearchSteps(score=lambda t, c: target_scores(t, c, norm.scale))
+        result = hierarchical_search(truth[None], lambda p: p, initial, config, noise, oracle)
         errors.append(float((result.pose[0, :3] - truth[:3]).norm()))
         levels.append(result.levels)
     return torch.tensor(errors), torch.tensor(levels, dtype=torch.float)

@@ -11,7 +11,8 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-83
 unset FASTDDS_DEFAULT_PROFILES_FILE  # `run` sets the packaged profile itself
 PYTHONPATH=test $PY -c "from node_harness import build_tiny_checkpoint, write_params; \
 build_tiny_checkpoint('$OUT/tiny.pt'); write_params('$OUT/params.yaml', {'model_path': \
-'$PWD/$OUT/tiny.pt', 'image_topic': '/camera/image_raw', 'diagnostic_period': 0.5})"
+'$PWD/$OUT/tiny.pt', 'image_topic': '/camera/image_raw', 'diagnostic_period': 0.5, \
+'inductor': 'auto'})"
 PYTHONPATH=test $PY -c "from test_large_images import PUBLISHER; open('$OUT/camera.py', 'w').write(PUBLISHER)"
 $PY -m imposing_ros.cli run --params "$OUT/params.yaml" --use-filter false > "$OUT/node.log" 2>&1 &
 NODE=$!

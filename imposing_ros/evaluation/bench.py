@@ -200,9 +200,10 @@ def make_backend(model: ImPosing, args: argparse.Namespace, num_candidates: int,
                  levels: int = 6):
     """The backend ``Localizer`` takes for ``args``: a name, or a built ``torch-int8``.
 
-    ``torch-int8`` is calibrated on ``--calibration`` images, loaded from ``--engine-cache``,
-    or, for the random model of a timing run, calibrated on noise images (timing only: time
-    does not depend on the activation ranges).
+    ``torch-int8`` is calibrated on ``--calibration`` images, loaded from ``--engine-cache``, or
+    calibrated on the images a checkpoint carries. The random model of a timing run carries
+    noise images instead (time does not depend on the activation ranges), so that ``auto``
+    weighs int8 on it as on a trained model.
     """
     from imposing_ros.runtime.int8 import (
         calibration_images,
@@ -210,23 +211,21 @@ def make_backend(model: ImPosing, args: argparse.Namespace, num_candidates: int,
         stored_calibration_images,
     )
 
-    stored = stored_calibration_images(read_checkpoint(args.model), model.default_scene()) \
-        if args.model else None
-    if args.backend != 'torch-int8':  # auto: int8 too, where the checkpoint carries images
+    size = tuple(model.config.image_size)
+    if args.model:
+        stored = stored_calibration_images(read_checkpoint(args.model), model.default_scene())
+    else:
+        generator = torch.Generator().manual_seed(0)
+        stored = [torch.rand((1, 3, *size), generator=generator) for _ in range(4)]
+    if args.backend != 'torch-int8':  # auto: int8 too, where there are calibration images
         return select_backend(args.backend, model, None, args.device, num_candidates,
                               cache_dir=args.engine_cache, inductor=args.inductor,
                               levels=levels, calibration_images=stored)
 
     if args.inductor == 'off':
         raise ValueError('the torch-int8 backend runs through inductor: inductor cannot be off')
-    size = tuple(model.config.image_size)
-    if args.calibration:
-        images = calibration_images(args.calibration, args.calibration_frames, size)
-    elif not args.model:
-        generator = torch.Generator().manual_seed(0)
-        images = [torch.rand((1, 3, *size), generator=generator) for _ in range(4)]
-    else:
-        images = stored  # those of the checkpoint, else the programs must be in --engine-cache
+    images = calibration_images(args.calibration, args.calibration_frames, size) \
+        if args.calibration else stored
     with tempfile.TemporaryDirectory() as tmp:  # programs are in memory once loaded
         return Int8Backend(model, None, args.device, args.engine_cache or tmp, images,
                            num_candidates)

@@ -19,7 +19,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 import torch
 
-from imposing_ros.geometry import check_poses, perturb_poses
+from imposing_ros.geometry import check_poses
 from imposing_ros.localization.search import (
     draw_noise,
     hierarchical_search,
@@ -137,9 +137,19 @@ class Localizer:
         self.initial_poses = initial_poses.float().to(self.device)
         with torch.no_grad():  # unit codes only: level 0 is one product with them per frame
             self.initial_unit = unit_codes(self.backend.encode_poses(self.initial_poses))
-        # The noise of a global search depends on the seed only (the same image gives the same
-        # pose): drawn once here, not per frame.
+        # The noise of a search depends on the seed only (the same image and prior give the
+        # same pose): drawn once here, not per frame. Tracking: the unit offsets of the level-0
+        # candidates around the prior (the first one 0: the prior itself is a candidate), then
+        # the search's noise, from one generator.
         self._global_noise = draw_noise(self.config.search, 1, self._generator(), self.device)
+        # No translation refinement in tracking: its deviation is a multiple of the last
+        # level's, which after 3 levels is still 4 m (the demo: 1.58 m with it, 1.45 m without).
+        self._tracking_search = replace(self.config.search, levels=self.config.tracking_levels,
+                                        refine_share=0.0)
+        generator = self._generator()
+        self._prior_noise = torch.randn((1, n, 6), generator=generator, device=self.device)
+        self._prior_noise[:, 0] = 0.0
+        self._tracking_noise = draw_noise(self._tracking_search, 1, generator, self.device)
         self._graph = None
         self._aspect_warned = False
         if (self.config.cuda_graph and self.device.type == 'cuda' and self.backend.graph_safe
@@ -226,13 +236,8 @@ class Localizer:
             if self._graph is None:
                 initial_scores = level0_scores(image_codes, self.initial_unit)
         else:
-            mode = 'tracking'
-            # No translation refinement here: its deviation is a multiple of the last level's,
-            # which after 3 levels is still 4 m (the demo: 1.58 m with it, 1.45 m without).
-            search = replace(cfg.search, levels=cfg.tracking_levels, refine_share=0.0)
-            generator = self._generator()
-            initial = self.prior_candidates(prior_pose, prior_covariance, search, generator)
-            noise = draw_noise(search, 1, generator, self.device)
+            mode, search, noise = 'tracking', self._tracking_search, self._tracking_noise
+            initial = self.prior_candidates(prior_pose, prior_covariance)
             stage('prior_candidates')
         backend = self.backend
         if mode == 'global' and self._graph is not None:
@@ -240,7 +245,7 @@ class Localizer:
             stage('search (CUDA graph)')
         else:
             result = hierarchical_search(image_codes, backend.encode_poses, initial, search,
-                                         noise, score=backend.score, sample=backend.sample,
+                                         noise, steps=backend.steps,
                                          on_stage=on_stage, initial_scores=initial_scores)
         self._sync()
         timings['search'] = 1e3 * (time.perf_counter() - t2)
@@ -261,26 +266,43 @@ class Localizer:
         levels = []
         hierarchical_search(
             self.backend.encode_images(images), self.backend.encode_poses, self.initial_poses,
-            self.config.search, self._global_noise, score=self.backend.score,
-            sample=self.backend.sample,
+            self.config.search, self._global_noise, steps=self.backend.steps,
             on_level=lambda k, poses, scores: levels.append(
                 (poses[0].double().cpu().numpy(), scores[0].double().cpu().numpy())))
         return levels
 
-    def prior_candidates(self, pose, covariance, search: SearchConfig,
-                         generator: torch.Generator) -> torch.Tensor:
-        """Level-0 candidates drawn around a prior: ``[1, N, 7]``."""
+    def prior_candidates(self, pose, covariance) -> torch.Tensor:
+        """Level-0 candidates ``[1, N, 7]`` drawn around a prior (the first one is the prior).
+
+        ``pose (7,)`` T_map_camera, ``covariance (6, 6)`` ROS layout (None: the floor
+        ``tracking_min_sigma`` alone).
+        """
         pose_t = torch.as_tensor(np.asarray(pose, dtype=np.float64), dtype=torch.float32)
         check_poses(pose_t, 'prior pose')
         covariance = np.asarray(covariance if covariance is not None else np.zeros((6, 6)))
         if covariance.shape != (6, 6) or not np.isfinite(covariance).all():
             raise ValueError('prior covariance must be a finite 6x6 matrix')
         std = np.sqrt(np.clip(np.diag(covariance), 0.0, None))
+        sigma = torch.as_tensor(np.maximum(std, self._tracking_floor()), dtype=torch.float32,
+                                device=self.device)
+        center = pose_t.to(self.device).expand(1, self._prior_noise.shape[1], 7)
+        return self.backend.steps.perturb(center, self._prior_noise, sigma)
+
+    @torch.no_grad()
+    def warm_up(self) -> None:
+        """One global and one tracking search on a blank image.
+
+        What compiles on first use (inductor's programs, each variant of the search's compiled
+        steps: with and without the refinement, expanded or per-image level-0 candidates)
+        compiles here, not on a node's first frames, which would be skipped meanwhile.
+        """
+        height, width = self.image_size
+        image = np.zeros((height, width, 3), np.uint8)
+        result = self.localize(image)
+        self.localize(image, result.pose, np.diag(np.square(self._tracking_floor())))
+
+    def _tracking_floor(self) -> np.ndarray:
+        """``tracking_min_sigma`` in metres and radians ``(6,)``."""
         floor = np.array(self.config.tracking_min_sigma, dtype=float)
         floor[3:] = np.deg2rad(floor[3:])
-        sigma = torch.as_tensor(np.maximum(std, floor), dtype=torch.float32, device=self.device)
-        n = search.num_candidates
-        noise = torch.randn((1, n, 6), generator=generator, device=self.device)
-        noise[:, 0] = 0.0  # keep the prior itself among the candidates
-        center = pose_t.to(self.device).expand(1, n, 7)
-        return perturb_poses(center, noise, sigma)
+        return floor

@@ -209,14 +209,71 @@ def gather_poses(poses: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.gather(poses, 1, index[..., None].expand(*index.shape, poses.shape[-1]))
 
 
+def propose_level(scores: torch.Tensor, candidates: torch.Tensor, uniform: torch.Tensor,
+                  normal: torch.Tensor, sigma: torch.Tensor, top_k: int, refined: int = 0,
+                  refine_factor: float = 1.0) -> torch.Tensor:
+    """The next level's candidates ``[B, N, 7]`` from this level's ``candidates [B, N, 7]``.
+
+    The ``top_k`` best-scored candidates (``scores [B, N]``) are the components of eq. 2's
+    mixture; ``uniform [B, N]`` and ``normal [B, N, 6]`` are the level's noise, ``sigma [6]``
+    its deviations. ``refined > 0`` (the last level, ``SearchConfig.refine_share``): the first
+    ``refined`` candidates are drawn around the best one in translation only, with
+    ``sigma * refine_factor`` (:func:`refine_translation`).
+    """
+    top_scores, top_index = scores.topk(top_k, dim=1)
+    centers = gather_poses(candidates, top_index)
+    drawn = sample_mixture(centers, top_scores, uniform[:, refined:], normal[:, refined:], sigma)
+    if not refined:
+        return drawn
+    moved = refine_translation(centers[:, 0], normal[:, :refined], sigma * refine_factor)
+    return torch.cat([moved, drawn], dim=1)
+
+
+def estimate_pose(candidates: torch.Tensor, scores: torch.Tensor, num_average: int,
+                  averaging: str = 'eigh', refined: int = 0) -> SearchResult:
+    """The estimate from the last level's ``candidates [B, N, 7]`` and ``scores [B, N]``.
+
+    The score-weighted average of the ``num_average`` best (paper step 7). ``refined``: the
+    first ``refined`` candidates came from the translation refinement (:func:`propose_level`);
+    they share one rotation, so the rotation and the covariance come from the other (eq. 2)
+    candidates, refined in rotation too, around the estimate, as the paper's search would give
+    them; the translation from all.
+    """
+    result = average_top(candidates, scores, num_average, averaging)
+    if not refined or refined >= candidates.shape[1]:
+        return result
+    rest = average_top(candidates[:, refined:], scores[:, refined:], num_average, averaging)
+    pose = torch.cat([result.pose[:, :3], rest.pose[:, 3:]], dim=-1)
+    covariance = weighted_pose_covariance(rest.candidates, rest.candidate_scores + 1e-12, pose)
+    return result._replace(pose=pose, covariance=_floored(covariance))
+
+
+class SearchSteps(NamedTuple):
+    """What the search does between two pose encodings, replaceable as a whole.
+
+    ``score(image_codes [B, d], pose_codes [B, N, d]) -> [B, N]`` (eq. 1), ``propose`` (as
+    :func:`propose_level`), ``estimate`` (as :func:`estimate_pose`) and ``perturb`` (as
+    :func:`~imposing_ros.geometry.perturb_poses`: tracking's level-0 candidates around a prior;
+    eager it costs more than a level's proposer, the Euler-angle conversion being a few dozen
+    small ops). Eager by default;
+    backends that compile pass compiled ones (each is then one or two C++ loops instead of a
+    hundred small ops: :func:`imposing_ros.runtime.backends.compiled_search_steps`); tests pass
+    an oracle score.
+    """
+
+    score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = similarity
+    propose: Callable[..., torch.Tensor] = propose_level
+    estimate: Callable[..., SearchResult] = estimate_pose
+    perturb: Callable[..., torch.Tensor] = perturb_poses
+
+
 def hierarchical_search(image_codes: torch.Tensor,
                         encode_poses: Callable[[torch.Tensor], torch.Tensor],
                         initial_poses: torch.Tensor,
                         config: SearchConfig,
                         noise: SearchNoise,
-                        score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                        steps: SearchSteps | None = None,
                         on_stage: Callable[[str], None] | None = None,
-                        sample: Callable[..., torch.Tensor] | None = None,
                         sigmas: torch.Tensor | None = None,
                         initial_scores: torch.Tensor | None = None,
                         on_level: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
@@ -230,11 +287,11 @@ def hierarchical_search(image_codes: torch.Tensor,
             ``[B, N, 7]`` per image (tracking mode).
         config: search hyperparameters.
         noise: random inputs from :func:`draw_noise` (``levels - 1`` entries are used).
-        score: ``(image_codes [B, d], pose_codes) -> [B, N]``, eq. 1 by default.
-        on_stage: called with a stage name after each stage (``level0``, ``level1/sample``,
-            ``level1/encode``, ``level1/score``, ...); benchmarks time stages with it. None in
-            production: no extra work, no synchronisation.
-        sample: :func:`sample_mixture` or an equivalent (e.g. a compiled one, from a backend).
+        steps: scoring, proposing and estimating (:class:`SearchSteps`; eager by default, a
+            backend's compiled ones in the localizer).
+        on_stage: called with a stage name after each stage (``level0``,
+            ``level1/topk+sample``, ``level1/encode``, ``level1/score``, ...); benchmarks time
+            stages with it. None in production: no extra work, no synchronisation.
         sigmas: ``[K - 1, 6]`` proposer deviations of levels 1.. on the device (default: from
             ``config``); passing them keeps host-to-device copies out of a captured CUDA graph.
         initial_scores: ``[B, N]`` level-0 scores of shared ``initial_poses``, computed by the
@@ -246,20 +303,19 @@ def hierarchical_search(image_codes: torch.Tensor,
     Returns:
         :class:`SearchResult`.
     """
-    score = similarity if score is None else score
-    sample = sample_mixture if sample is None else sample
+    steps = SearchSteps() if steps is None else steps
     if sigmas is None:
         sigmas = level_sigmas(config, noise.uniform.shape[0] + 1).to(image_codes.device)
     stage = on_stage or (lambda name: None)
     batch = image_codes.shape[0]
     if initial_poses.ndim == 2:
         if initial_scores is None:
-            initial_scores = score(image_codes, encode_poses(initial_poses))
+            initial_scores = steps.score(image_codes, encode_poses(initial_poses))
         scores = initial_scores
         candidates = initial_poses.expand(batch, *initial_poses.shape)
     else:
         candidates = initial_poses
-        scores = score(image_codes, encode_poses(candidates))
+        scores = steps.score(image_codes, encode_poses(candidates))
     stage('level0')
     if on_level is not None:
         on_level(0, candidates, scores)
@@ -268,43 +324,30 @@ def hierarchical_search(image_codes: torch.Tensor,
     refined = min(config.refined, noise.uniform.shape[-1])
     last_mean = None
     level = 0
-    last_refined = False  # whether the last level run drew the refined candidates
+    last_refined = 0  # candidates of the last level run drawn by the translation refinement
     for level in range(1, levels):
-        top_scores, top_index = scores.topk(top_k, dim=1)
-        centers = gather_poses(candidates, top_index)
         if config.early_stop:
-            mean = _weighted_mean_pose(centers, top_scores)
+            top_scores, top_index = scores.topk(top_k, dim=1)
+            mean = _weighted_mean_pose(gather_poses(candidates, top_index), top_scores)
             if last_mean is not None and _converged(last_mean, mean, config):
                 level -= 1  # this level is not run
                 break
             last_mean = mean
-        candidates = sample(centers, top_scores, noise.uniform[level - 1],
-                            noise.normal[level - 1], sigmas[level - 1])
-        if level == levels - 1 and refined:
-            # Translation refinement (SearchConfig.refine_share); centers[:, 0] is the best.
-            moved = refine_translation(centers[:, 0], noise.normal[level - 1][:, :refined],
-                                       sigmas[level - 1] * config.refine_sigma_factor)
-            candidates = torch.cat([moved, candidates[:, refined:]], dim=1)
-            last_refined = True
+        last_refined = refined if level == levels - 1 else 0
+        candidates = steps.propose(scores, candidates, noise.uniform[level - 1],
+                                   noise.normal[level - 1], sigmas[level - 1], top_k,
+                                   last_refined, config.refine_sigma_factor)
         stage(f'level{level}/topk+sample')
         codes = encode_poses(candidates)
         stage(f'level{level}/encode')
-        scores = score(image_codes, codes)
+        scores = steps.score(image_codes, codes)
         stage(f'level{level}/score')
         if on_level is not None:
             on_level(level, candidates, scores)
-    result = average_top(candidates, scores, config)._replace(levels=level + 1)
-    if last_refined and refined < candidates.shape[1]:
-        # The refined candidates share one rotation (that of the level before): the rotation
-        # and the covariance come from the level's eq. 2 candidates, refined in rotation too,
-        # around the estimate, as the paper's search would give them.
-        rest = average_top(candidates[:, refined:], scores[:, refined:], config)
-        pose = torch.cat([result.pose[:, :3], rest.pose[:, 3:]], dim=-1)
-        weights = rest.candidate_scores + 1e-12
-        result = result._replace(pose=pose, covariance=_floored(
-            weighted_pose_covariance(rest.candidates, weights, pose)))
+    result = steps.estimate(candidates, scores, config.num_average, config.averaging,
+                            last_refined)
     stage('average+covariance')
-    return result
+    return result._replace(levels=level + 1)
 
 
 def _floored(covariance: torch.Tensor) -> torch.Tensor:
@@ -339,15 +382,18 @@ def _converged(previous: torch.Tensor, current: torch.Tensor, config: SearchConf
     return bool(ok.all())
 
 
-def average_top(candidates: torch.Tensor, scores: torch.Tensor,
-                config: SearchConfig) -> SearchResult:
-    """Score-weighted average of the ``num_average`` best candidates (paper step 7)."""
-    top_scores, top_index = scores.topk(min(config.num_average, scores.shape[1]), dim=1)
+def average_top(candidates: torch.Tensor, scores: torch.Tensor, num_average: int,
+                averaging: str = 'eigh') -> SearchResult:
+    """Score-weighted average of the ``num_average`` best candidates (paper step 7).
+
+    ``averaging``: rotation average by ``'eigh'`` (Markley) or ``'power'`` (no eigensolver).
+    """
+    top_scores, top_index = scores.topk(min(num_average, scores.shape[1]), dim=1)
     top = gather_poses(candidates, top_index)
     weights = top_scores + 1e-12
     norm = weights / weights.sum(dim=1, keepdim=True)
     translation = (norm[..., None] * top[..., :3]).sum(dim=1)
-    if config.averaging == 'eigh':
+    if averaging == 'eigh':
         quat = weighted_quat_average(top[..., 3:], norm)
     else:
         quat = weighted_quat_average_power(top[..., 3:], norm)

@@ -4,8 +4,9 @@ A thin adapter around :class:`imposing_ros.localization.scenes.SceneLocalizer` (
 ``on_configure`` reads the parameters and loads the model (a bad one fails the transition with
 one error and can be configured again); ``on_activate`` subscribes; ``on_deactivate``
 unsubscribes; ``on_cleanup`` frees the model. Images go through a one-slot
-:class:`~imposing_ros.nodes.mailbox.Mailbox` from the input callback group to the inference one:
-inference always takes the newest frame and never queues.
+:class:`~imposing_ros.nodes.mailbox.Mailbox` from the input callbacks to the node's own inference
+thread (configure to cleanup): inference always takes the newest frame and never queues, and the
+executor, single-threaded, only runs short callbacks (docs/design.md, "One inference thread").
 
 The method localizes the camera body frame (``T_map_camera``); ``~/pose`` carries base_link
 like AMCL: ``T_map_base = T_map_camera @ inv(T_base_camera)``, the covariance carried through the
@@ -79,7 +80,7 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
         self._lock = threading.Lock()
         self._busy = threading.Lock()  # held while a frame is processed
         self._input_group = MutuallyExclusiveCallbackGroup()
-        self._inference_group = MutuallyExclusiveCallbackGroup()
+        self._inference: tuple[threading.Thread, threading.Event] | None = None
         self._localizer = None
         self._settings: Settings | None = None
         self._stats = Stats()
@@ -114,7 +115,6 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
         self._out = Outputs(self)
         self._relocalize_srv = self.create_service(Trigger, '~/relocalize', self._on_relocalize,
                                                    callback_group=self._input_group)
-        self._wake = self.create_guard_condition(self._on_wake, self._inference_group)
         # Steady clock: diagnostics keep flowing when sim time pauses (bag replay ended).
         self._diag_timer = self.create_timer(settings.diagnostic_period, self._publish_diagnostics,
                                              callback_group=self._input_group,
@@ -122,7 +122,6 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
         self._entities = [
             (lambda out: out.destroy(), self._out),
             (self.destroy_service, self._relocalize_srv),
-            (self.destroy_guard_condition, self._wake),
             (self.destroy_timer, self._diag_timer),
         ]
         self.get_logger().info(
@@ -131,6 +130,11 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
             f'{settings.search_num_candidates} candidates x {settings.search_levels} levels, '
             f'scenes {self._localizer.scenes} ({settings.scene or "the only one"}), '
             f'images from {image_topic(settings)} ({IMAGE_BACKEND})')
+        stop = threading.Event()
+        thread = threading.Thread(target=self._inference_loop, args=(stop,),
+                                  name='imposing_inference', daemon=True)
+        self._inference = (thread, stop)
+        thread.start()
         return TransitionCallbackReturn.SUCCESS
 
     def _load(self, settings: Settings):
@@ -150,11 +154,10 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
         if len(localizer.scenes) > 1 and SCENE_PLACEHOLDER not in settings.map_frame:
             raise ValueError(f'scenes {localizer.scenes} need one map frame each: put {{scene}} '
                              f"in map_frame (now '{settings.map_frame}'), e.g. map_{{scene}}")
-        # One warm-up frame per scene (no scene vote): the first real frame then has
-        # representative latency.
-        height, width = localizer.image_size
+        # Warm-up frames per scene (no scene vote), global and tracking: the first real frames
+        # then have representative latency, and none is skipped while something compiles.
         for scene_localizer in localizer.localizers.values():
-            scene_localizer.localize(np.zeros((height, width, 3), np.uint8))
+            scene_localizer.warm_up()
         return localizer, device
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -183,13 +186,28 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
         self._release()
         return TransitionCallbackReturn.SUCCESS
 
+    def destroy_node(self):
+        """Stop the inference thread, then destroy the node (also without a shutdown)."""
+        self._stop_inference()
+        super().destroy_node()
+
     def _unsubscribe(self):
         for sub in self._active_subscriptions:
             self.destroy_subscription(sub)
         self._active_subscriptions = []
         self._mailbox.clear()
 
+    def _stop_inference(self):
+        """Stop the inference thread after the frame in flight (if any)."""
+        if self._inference is not None:
+            thread, stop = self._inference
+            stop.set()
+            if thread is not threading.current_thread():
+                thread.join()
+            self._inference = None
+
     def _release(self):
+        self._stop_inference()
         with self._busy:  # let a frame in flight finish before its publishers go
             self._localizer = None
         for destroy, entity in self._entities:
@@ -216,8 +234,7 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
     # --- input callbacks (input group: quick, never blocking) -------------------------------
 
     def _on_image(self, msg):
-        if self._mailbox.put(msg):
-            self._wake.trigger()
+        self._mailbox.put(msg)
 
     def _on_prior(self, msg: PoseWithCovarianceStamped):
         try:
@@ -245,13 +262,14 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
         self.get_logger().info('relocalization requested')
         return response
 
-    # --- inference (inference group) --------------------------------------------------------
+    # --- inference (the node's inference thread) ---------------------------------------------
 
-    def _on_wake(self):
-        """Process the newest frame until none is pending (one wake-up per burst)."""
-        while (msg := self._mailbox.take()) is not None:
+    def _inference_loop(self, stop: threading.Event):
+        """Process the newest frame whenever one is there, until ``stop`` is set."""
+        while not stop.is_set():
+            msg = self._mailbox.wait(timeout=0.1)
             settings = self._settings
-            if settings is not None:  # not cleaned up meanwhile
+            if msg is not None and settings is not None:  # not cleaned up meanwhile
                 self._process_one(msg, settings)
 
     def _process_one(self, msg, settings: Settings):
@@ -374,7 +392,7 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
 
 def main(args=None) -> None:
     """Run the node alone (``ros2 run imposing_ros localizer_node``; lifecycle driven outside)."""
-    spin(LocalizerNode, NODE_NAME, args, num_threads=4)
+    spin(LocalizerNode, NODE_NAME, args)
 
 
 if __name__ == '__main__':

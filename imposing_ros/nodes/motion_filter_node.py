@@ -377,7 +377,7 @@ class MotionFilterNode(QuietSubscriptions, Node):
 
 
 def main(args=None) -> None:
-    """Spin the node under a MultiThreadedExecutor until shutdown."""
+    """Spin the node until shutdown (:func:`imposing_ros.nodes.entry.spin`)."""
     spin(MotionFilterNode, NODE_NAME, args)
 
 

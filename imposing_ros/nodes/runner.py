@@ -2,7 +2,8 @@
 
 ``imposing-ros run --params FILE`` starts the node set of ``launch/localize.launch.py`` (both
 read :mod:`imposing_ros.nodes.node_set`) with the same parameter files, brings the lifecycle
-localizer to active and spins everything in one MultiThreadedExecutor until Ctrl-C. RViz is
+localizer to active and spins everything in one SingleThreadedExecutor until Ctrl-C (every
+callback is short: the localizer infers on its own thread, docs/design.md). RViz is
 not started (it needs a ROS install). DDS settings come from the environment as for any ROS
 program (``ROS_DOMAIN_ID``, ``ROS_AUTOMATIC_DISCOVERY_RANGE``).
 """
@@ -106,14 +107,14 @@ def run(args: argparse.Namespace) -> int:
     launches = node_set.plan(args.params_file, args.model, args.image_topic, args.use_filter,
                              args.use_sim_time, args.log_level, args.namespace)
     import rclpy
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
     for name, value in node_set.dds_environment().items():  # before DDS starts in this process
         LOGGER.info('%s=%s', name, value)
         os.environ[name] = value
     context = rclpy.Context()
     rclpy.init(args=ros_arguments(launches), context=context)
-    executor = MultiThreadedExecutor(num_threads=4, context=context)
+    executor = SingleThreadedExecutor(context=context)
     nodes = []
     try:
         nodes = create_nodes(launches, context)
@@ -134,10 +135,6 @@ def run(args: argparse.Namespace) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        # Callbacks already handed to the executor's thread pool by the last spin_once still
-        # trigger its guard condition; shutting down under them makes rclpy print "exception
-        # was never retrieved". Give them a moment, then wait for the rest.
-        time.sleep(0.3)
         executor.shutdown(timeout_sec=10.0)
         for node in nodes:
             executor.remove_node(node)

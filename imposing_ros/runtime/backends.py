@@ -8,7 +8,8 @@ A backend exposes what the candidate search needs of a model, for one scene:
 * ``encode_images(images [B, 3, H, W] float RGB in [0, 1]) -> [B, d]`` float32 codes;
 * ``encode_poses(poses [..., 7] in metres) -> [..., d]`` codes (float32, or the backend's
   compute dtype; :func:`imposing_ros.model.encoders.similarity` casts them);
-* ``score(image_codes, pose_codes) -> [B, N]`` (eq. 1, float32).
+* ``steps``: the search's scoring (eq. 1, float32), proposing and estimating
+  (:class:`~imposing_ros.localization.search.SearchSteps`), compiled where the backend compiles.
 
 Backends (:func:`~imposing_ros.runtime.select.select_backend` names):
 
@@ -50,7 +51,7 @@ from torch import nn
 import torch.nn.functional as F  # noqa: N812 (the usual torch alias)
 
 from imposing_ros.geometry import canonical_quat
-from imposing_ros.localization.search import sample_mixture
+from imposing_ros.localization.search import SearchSteps
 from imposing_ros.model.encoders import similarity
 from imposing_ros.model.imposing import ImPosing
 
@@ -168,8 +169,9 @@ class Backend:
         self.scene = model.default_scene(scene)
         self.device = torch.device(device)
         self.config = model.config
-        # The search's proposer and score: eager here, compiled by backends that compile.
-        self._sample, self._score = compiled_search_steps(False)
+        # The search's steps between pose encodings: eager here, compiled by backends that
+        # compile.
+        self.steps = compiled_search_steps(False)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         """``images [B, 3, H, W]`` -> float32 codes ``[B, d]``."""
@@ -178,14 +180,6 @@ class Backend:
     def encode_poses(self, poses: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         """Poses in metres ``[..., 7]`` -> codes ``[..., d]``."""
         raise NotImplementedError
-
-    def score(self, image_codes: torch.Tensor, pose_codes: torch.Tensor) -> torch.Tensor:
-        """Eq. 1 in float32 (:func:`float_similarity`)."""
-        return self._score(image_codes, pose_codes)
-
-    def sample(self, centers, weights, uniform, normal, sigma) -> torch.Tensor:
-        """The search's proposer (:func:`~imposing_ros.localization.search.sample_mixture`)."""
-        return self._sample(centers, weights, uniform, normal, sigma)
 
     def describe(self) -> dict:
         """Plain description for logs and benchmark reports."""
@@ -216,12 +210,12 @@ class TorchBackend(Backend):
             self.pose_net = PreparedPoseEncoder(model, self.scene, self.dtype).to(self.device)
         self.inductor = inductor
         self._image, self._pose = self.image_net, self.pose_net
-        self._sample, self._score = compiled_search_steps(inductor)
+        self.steps = compiled_search_steps(inductor)
         if inductor:
             # Inductor with frozen weights: the ResNet's convolutions run on prepacked oneDNN
             # weights with their ReLUs and additions fused, the pose encoder's Fourier features
-            # become one C++ loop, and the search's proposer and score (about a hundred tiny
-            # eager ops per level) one loop each (docs/backends.md has the figures). Built on
+            # become one C++ loop, and the search's steps (about a hundred tiny eager ops per
+            # level) a few loops each (docs/backends.md has the figures). Built on
             # first use (seconds; inductor caches on disk).
             frozen = {'freezing': True}
             self._image = torch.compile(self.image_net, dynamic=False, options=frozen)
@@ -271,15 +265,19 @@ def encode_in_chunks(program, poses: torch.Tensor, n: int) -> torch.Tensor:
     return codes.reshape(*poses.shape[:-1], codes.shape[-1])
 
 
-def compiled_search_steps(inductor: bool):
-    """The search's proposer and score ``(sample, score)``, compiled when ``inductor``.
+def compiled_search_steps(inductor: bool) -> SearchSteps:
+    """The search's steps between pose encodings, compiled when ``inductor``.
 
-    Eager, each is about a hundred tiny ops a level; compiled, one C++ loop each.
+    Score in float32 (:func:`float_similarity`). Eager, a level's top-k, mixture sampling and
+    refinement are about a hundred tiny ops, and the final average two top-k, an eigensolver and
+    a covariance; compiled, each step is one or two C++ loops around the top-k and eigensolver
+    calls (docs/backends.md has the figures). Each compiles on first use, once per distinct
+    integer argument (the refined count of the last level, for instance).
     """
+    eager = SearchSteps(score=float_similarity)
     if not inductor:
-        return sample_mixture, float_similarity
-    return (torch.compile(sample_mixture, dynamic=False),
-            torch.compile(float_similarity, dynamic=False))
+        return eager
+    return SearchSteps(*(torch.compile(step, dynamic=False) for step in eager))
 
 
 def compiler_available() -> bool:

@@ -60,7 +60,8 @@ class Choice:
         times = ', '.join(f'{p} {ms:.1f} ms' for p, ms in self.milliseconds.items())
         agree = f', codes agree with fp32 {self.agreement:.4f}' \
             if self.agreement is not None else ''
-        return f'{self.precision} ({self.source}: {times}{agree})'
+        details = f': {times}{agree}' if times or agree else ''
+        return f'{self.precision} ({self.source}{details})'
 
 
 def cpu_signature() -> str:

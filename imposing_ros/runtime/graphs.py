@@ -95,8 +95,8 @@ class GraphedSearch:
 
     def _run(self) -> SearchResult:
         return hierarchical_search(self.codes, self.backend.encode_poses, self.initial_poses,
-                                   self.config, self.noise, score=self.backend.score,
-                                   sample=self.backend.sample, sigmas=self.sigmas,
+                                   self.config, self.noise, steps=self.backend.steps,
+                                   sigmas=self.sigmas,
                                    initial_scores=level0_scores(self.codes, self.initial_unit))
 
     def _capture(self, previous: torch.cuda.Stream, warmup: int):

@@ -289,7 +289,7 @@ class Int8Backend(Backend):
         self.num_candidates = len(programs.pose_example)
         self._image = torch.compile(image, dynamic=False)
         self._pose = torch.compile(pose, dynamic=False)
-        self._sample, self._score = compiled_search_steps(True)
+        self.steps = compiled_search_steps(True)
         # Compiled here, at load, with frozen weights: inductor prepacks the int8 weights for
         # oneDNN and fuses the quantize / dequantize pairs into its int8 kernels. Set as a
         # config patch, not torch.compile(options=...): with torchao 0.18 on torch 2.14 the
