@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from imposing_ros.config import config_to_dict
 from imposing_ros.model.checkpoint import read_checkpoint, save_checkpoint
+from imposing_ros.runtime.backends import cpu_has_native_bf16
 
 LOGGER = logging.getLogger('imposing_ros.training')
 LR_SCHEDULES = ('constant', 'cosine')
@@ -275,11 +276,15 @@ def choose_precision(step: Callable[[], torch.Tensor], model: nn.Module,
 
     CUDA: bf16 where the GPU supports it. CPU: ``repeats`` timed forward + backward passes of
     each after one warm-up, on a real batch; bf16 only if at least 10 % faster. The weights are
-    not changed (gradients cleared, batch-norm statistics restored).
+    not changed (gradients cleared, batch-norm statistics restored). Where oneDNN has no bf16
+    kernels at all (AVX2 CPUs) there is nothing to time: fp32, as the inference backends decide.
     """
     device = next(model.parameters()).device
     if device.type == 'cuda':
         return 'bf16' if torch.cuda.is_bf16_supported() else 'fp32'
+    if not cpu_has_native_bf16():
+        LOGGER.info('training precision: fp32 (this CPU has no bf16 kernels)')
+        return 'fp32'
     saved = {k: v.clone() for k, v in model.state_dict().items()}  # batch-norm statistics
     seconds = {}
     for precision in ('fp32', 'bf16'):
