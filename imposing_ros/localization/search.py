@@ -255,10 +255,9 @@ class SearchSteps(NamedTuple):
     :func:`propose_level`), ``estimate`` (as :func:`estimate_pose`) and ``perturb`` (as
     :func:`~imposing_ros.geometry.perturb_poses`: tracking's level-0 candidates around a prior;
     eager it costs more than a level's proposer, the Euler-angle conversion being a few dozen
-    small ops). Eager by default;
-    backends that compile pass compiled ones (each is then one or two C++ loops instead of a
-    hundred small ops: :func:`imposing_ros.runtime.backends.compiled_search_steps`); tests pass
-    an oracle score.
+    small ops). Eager by default; backends that compile pass compiled ones (each is then one or
+    two C++ loops instead of a hundred small ops:
+    :func:`imposing_ros.runtime.backends.compiled_search_steps`); tests pass an oracle score.
     """
 
     score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = similarity
