@@ -239,13 +239,14 @@ def estimate_pose(candidates: torch.Tensor, scores: torch.Tensor, num_average: i
     candidates, refined in rotation too, around the estimate, as the paper's search would give
     them; the translation from all.
     """
-    result = average_top(candidates, scores, num_average, averaging)
     if not refined or refined >= candidates.shape[1]:
-        return result
+        return average_top(candidates, scores, num_average, averaging)
+    top, top_scores, norm = _top_weighted(candidates, scores, num_average)
     rest = average_top(candidates[:, refined:], scores[:, refined:], num_average, averaging)
-    pose = torch.cat([result.pose[:, :3], rest.pose[:, 3:]], dim=-1)
+    translation = (norm[..., None] * top[..., :3]).sum(dim=1)
+    pose = torch.cat([translation, rest.pose[:, 3:]], dim=-1)
     covariance = weighted_pose_covariance(rest.candidates, rest.candidate_scores + 1e-12, pose)
-    return result._replace(pose=pose, covariance=_floored(covariance))
+    return SearchResult(pose, _floored(covariance), top_scores[:, 0], top, top_scores, 1)
 
 
 class SearchSteps(NamedTuple):
@@ -387,10 +388,7 @@ def average_top(candidates: torch.Tensor, scores: torch.Tensor, num_average: int
 
     ``averaging``: rotation average by ``'eigh'`` (Markley) or ``'power'`` (no eigensolver).
     """
-    top_scores, top_index = scores.topk(min(num_average, scores.shape[1]), dim=1)
-    top = gather_poses(candidates, top_index)
-    weights = top_scores + 1e-12
-    norm = weights / weights.sum(dim=1, keepdim=True)
+    top, top_scores, norm = _top_weighted(candidates, scores, num_average)
     translation = (norm[..., None] * top[..., :3]).sum(dim=1)
     if averaging == 'eigh':
         quat = weighted_quat_average(top[..., 3:], norm)
@@ -399,3 +397,11 @@ def average_top(candidates: torch.Tensor, scores: torch.Tensor, num_average: int
     pose = torch.cat([translation, canonical_quat(quat)], dim=-1)
     covariance = _floored(weighted_pose_covariance(top, norm, pose))
     return SearchResult(pose, covariance, top_scores[:, 0], top, top_scores, 1)
+
+
+def _top_weighted(candidates: torch.Tensor, scores: torch.Tensor, count: int):
+    """The ``count`` best candidates ``[B, M, 7]``, their scores and normalised weights."""
+    top_scores, top_index = scores.topk(min(count, scores.shape[1]), dim=1)
+    weights = top_scores + 1e-12
+    return (gather_poses(candidates, top_index), top_scores,
+            weights / weights.sum(dim=1, keepdim=True))

@@ -78,7 +78,6 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
         params.declare(self, PARAMETERS, cross_check, lambda name, text: (
             f"{text} ({'applies to the next frame' if name in LIVE else 'read at configure'})"))
         self._lock = threading.Lock()
-        self._busy = threading.Lock()  # held while a frame is processed
         self._input_group = MutuallyExclusiveCallbackGroup()
         self._inference: tuple[threading.Thread, threading.Event] | None = None
         self._localizer = None
@@ -207,9 +206,8 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
             self._inference = None
 
     def _release(self):
-        self._stop_inference()
-        with self._busy:  # let a frame in flight finish before its publishers go
-            self._localizer = None
+        self._stop_inference()  # the frame in flight finishes before its publishers go
+        self._localizer = None
         for destroy, entity in self._entities:
             destroy(entity)
         self._entities = []
@@ -282,9 +280,7 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
                 msg = self._mailbox.take(newer_than=msg)
         self._last_start = time.monotonic()
         try:
-            with self._busy:
-                if self._localizer is not None:  # not cleaned up meanwhile
-                    self._process(msg, settings)
+            self._process(msg, settings)  # cleanup joins this thread before it frees the model
         except Exception as exc:  # a bug must not kill the node: report it, go on
             with self._lock:
                 self._stats.fail(f'{type(exc).__name__}: {exc}')
