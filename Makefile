@@ -118,6 +118,8 @@ two-area-model: suburb-data demo-data
 	  --data $(CALIBRATION),calibrate)
 	@$(call timed,$(VENV)/bin/imposing-ros evaluate --model $(TWO_AREAS) --scene suburb \
 	  --data $(SUBURB_HELDOUT) --backend torch --json runs/two_areas_joint/suburb.json,evaluate)
+	@$(call timed,$(VENV)/bin/imposing-ros evaluate --model $(TWO_AREAS) --scene helsinki \
+	  --data $(HELDOUT) --backend torch --json runs/two_areas_joint/helsinki.json,evaluate)
 
 # The live demo through both areas: the Helsinki demo bag, then the first 300 frames of the
 # suburb's held-out traversal, restamped to follow it; scene auto finds the map. The two-area

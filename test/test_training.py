@@ -279,6 +279,25 @@ def test_turn_weight_draws_turning_frames_more_often(road_data):
                      train_config(1, turn_weight=2.0))
 
 
+def test_scene_frames_balances_scenes_of_unequal_size(road_data):
+    from imposing_ros.training.loop import make_loaders
+
+    road, train_cache, _ = road_data
+    big = SceneData(CachedPosedImages(train_cache), None, road.reference_poses())
+    small = SceneData(CachedPosedImages(train_cache, np.arange(40)), None, road.reference_poses())
+    loaders = make_loaders({'big': big, 'small': small}, train_config(1, scene_frames=100))
+    first, second = (np.array(list(loaders['big'].sampler)) for _ in range(2))
+    assert len(first) == 100 and len(set(first)) == 100  # a subset of the larger scene
+    assert not np.array_equal(np.sort(first), np.sort(second))  # a new one each epoch
+    drawn = np.array(list(loaders['small'].sampler))
+    assert len(drawn) == 100 and drawn.max() < 40  # the smaller one drawn with replacement
+    assert len(loaders['big']) == len(loaders['small']) == 100 // 16  # equal steps a scene
+    every = make_loaders({'big': big, 'small': small}, train_config(1))
+    assert (len(every['big'].dataset), len(list(every['small'].sampler))) == (320, 40)
+    with pytest.raises(ValueError, match='scene_frames'):
+        train_config(1, scene_frames=-1)
+
+
 def test_config_overrides_on_the_command_line(tmp_path):
     from imposing_ros.training.cli import load_configs
 

@@ -19,7 +19,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, WeightedRandomSampler
 from torchvision.transforms import v2
 from tqdm import tqdm
 
@@ -60,6 +60,11 @@ class ScheduleConfig:
     # drawn with replacement). Corners are a few frames per drive whose view changes fast, and
     # they held most of the large errors of the demo model (docs/training.md).
     turn_weight: float = 1.0
+    # Training frames drawn from each scene per epoch; 0: every frame of every scene. With
+    # several scenes of unequal size it balances them: a larger scene gives a new random subset
+    # each epoch, a smaller one is drawn with replacement. One epoch is then
+    # scene_frames x scenes frames, whatever the scenes' sizes.
+    scene_frames: int = 0
     # Validate (median error on held-out frames) every N epochs; 0 = never.
     val_every: int = 5
     val_frames: int = 64
@@ -79,6 +84,9 @@ class ScheduleConfig:
             raise ValueError('lr_final_fraction must be in (0, 1] and warmup_epochs >= 0')
         if self.turn_weight <= 0:
             raise ValueError(f'turn_weight must be > 0, got {self.turn_weight}')
+        if self.scene_frames < 0:
+            raise ValueError(f'scene_frames must be >= 0 (0: every frame), got '
+                             f'{self.scene_frames}')
         if self.precision not in PRECISIONS:
             raise ValueError(f'precision must be one of {PRECISIONS}, got {self.precision!r}')
 
@@ -154,17 +162,25 @@ def make_loaders(scenes: dict[str, SceneData], cfg, rank: int = 0,
         if augment is not None and hasattr(s.train, 'transform'):
             s.train.transform = augment
         sampler = DistributedSampler(s.train, world, rank, seed=cfg.seed) if world > 1 else None
+        draws = cfg.scene_frames or len(s.train)
+        if (cfg.turn_weight != 1.0 or cfg.scene_frames) and world > 1:
+            raise ValueError('turn_weight and scene_frames are not supported with several '
+                             'processes yet')
+        generator = torch.Generator().manual_seed(cfg.seed)
         if cfg.turn_weight != 1.0:
             if s.turning is None or len(s.turning) != len(s.train):
                 raise ValueError(f'scene {name!r}: turn_weight needs which training frames turn')
-            if world > 1:
-                raise ValueError('turn_weight is not supported with several processes yet')
             weights = np.where(s.turning, cfg.turn_weight, 1.0)
-            sampler = WeightedRandomSampler(weights, len(weights), replacement=True,
-                                            generator=torch.Generator().manual_seed(cfg.seed))
+            sampler = WeightedRandomSampler(weights, draws, replacement=True, generator=generator)
             LOGGER.info('scene %s: %d of %d training frames turn, sampled %.3g x as often '
                         '(%.0f %% of the draws)', name, int(s.turning.sum()), len(weights),
                         cfg.turn_weight, 100 * weights[s.turning].sum() / weights.sum())
+        elif cfg.scene_frames:
+            sampler = RandomSampler(s.train, replacement=draws > len(s.train),
+                                    num_samples=draws, generator=generator)
+        if cfg.scene_frames:
+            LOGGER.info('scene %s: %d training frames drawn an epoch from %d', name, draws,
+                        len(s.train))
         loaders[name] = DataLoader(
             s.train, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
             num_workers=cfg.num_workers, drop_last=len(s.train) >= cfg.batch_size * world,
