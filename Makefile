@@ -91,7 +91,7 @@ demo-model: demo-data
 # A second area (config/scenes/suburb.yaml: a suburb from pyrosm's bundled test extract) added
 # to the demo model: the suburb's head and pose encoder trained with the backbone frozen
 # (config/train_suburb.yaml, train_suburb_sharp.yaml), then both areas together with the
-# backbone unfrozen (train_two_areas_joint.yaml). The node picks the map with `scene: auto`
+# backbone unfrozen, 5,000 frames of each an epoch (train_two_areas_joint.yaml). The node picks the map with `scene: auto`
 # (make demo-two-areas). Needs the Helsinki renders (make demo-data) for the joint stage.
 SUBURB_TRAIN := s1_sunny_summer s2_overcast_autumn s3_dusk_summer s4_snowy_winter
 SUBURB_HELDOUT := data/suburb/s5_heldout_winter_morning
@@ -124,7 +124,7 @@ two-area-model: suburb-data demo-data
 # The live demo through both areas: the Helsinki demo bag, then the first 300 frames of the
 # suburb's held-out traversal, restamped to follow it; scene auto finds the map. The two-area
 # model is not committed (models/ stays under 100 MB): the first run renders and trains it
-# (about 50 minutes on 2 cores).
+# (about 70 minutes on 2 AVX2 cores, docs/robot.md).
 SUBURB_DEMO_BAG := runs/demo/suburb_heldout_sim/s5_heldout_winter_morning
 $(TWO_AREAS):
 	$(MAKE) two-area-model
