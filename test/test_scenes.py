@@ -59,6 +59,7 @@ def test_scene_localizer_auto_votes_with_hysteresis(two_scenes):
     auto = SceneLocalizer.from_checkpoint(path, 'auto', switch_frames=2, config=SMALL,
                                           backend='torch', inductor='off')
     assert auto.scenes == ['east', 'west'] and auto.scene is None
+    assert auto.backend_names == {'east': 'torch', 'west': 'torch'}
     # No scene scores the image over min_score (none reaches 2): no vote, no scene yet.
     unrecognised = auto.localize(image, min_score=2.0)
     assert set(unrecognised.scores) == {'east', 'west'} and not unrecognised.switched
@@ -190,6 +191,8 @@ def test_node_scene_auto_frames_topic_and_refusals(two_scenes, tmp_path):
         scene = harness.scenes[-1][1].data
         assert scene in ('east', 'west') and pose.header.frame_id == f'map_{scene}'
         harness.wait_for(lambda: harness.diag_values().get('scene') == scene, what='diagnostics')
+        backends = harness.diag_values()['scene backends']
+        assert backends.startswith('east ') and ', west ' in backends
         other = 'west' if scene == 'east' else 'east'
 
         # An initial pose in another scene's map selects that scene for the next frame.

@@ -151,6 +151,12 @@ class SceneLocalizer:
         """The backend of the scene in use."""
         return self._any().backend
 
+    @property
+    def backend_names(self) -> dict[str, str]:
+        """The concrete backend of every scene (each chose its own: int8 needs a scene's
+        calibration images)."""
+        return {name: loc.backend_name for name, loc in self.localizers.items()}
+
     def set_scene(self, scene: str) -> None:
         """Use ``scene`` from the next frame on (an operator's choice); ValueError if unknown."""
         self.switch.set(check_scene(scene, self.scenes))

@@ -123,9 +123,10 @@ class LocalizerNode(QuietSubscriptions, LifecycleNode):
             (self.destroy_service, self._relocalize_srv),
             (self.destroy_timer, self._diag_timer),
         ]
+        backends = ', '.join(f'{k} {v}' for k, v in self._localizer.backend_names.items())
         self.get_logger().info(
             f'configured: model {settings.model_path or default_model()} on {device} '
-            f'(backend {self._localizer.backend_name}), '
+            f'(backend: {backends}), '
             f'{settings.search_num_candidates} candidates x {settings.search_levels} levels, '
             f'scenes {self._localizer.scenes} ({settings.scene or "the only one"}), '
             f'images from {image_topic(settings)} ({IMAGE_BACKEND})')

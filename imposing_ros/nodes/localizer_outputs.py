@@ -147,6 +147,9 @@ def localization_status(node_name: str, values: dict, window: list, outcome: str
              'image conversion': IMAGE_BACKEND or 'none', 'model': s.model_path,
              'scene': (localizer.scene if localizer else None) or 'none yet',
              'scene scores': ', '.join(f'{k} {v:.3f}' for k, v in scene_scores.items())}
+    if localizer is not None and len(localizer.scenes) > 1:
+        extra['scene backends'] = ', '.join(f'{k} {v}'
+                                            for k, v in localizer.backend_names.items())
     values = dict(values)
     if window:
         processing = np.array([w[1] for w in window])
