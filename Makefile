@@ -117,6 +117,9 @@ two-area-model: suburb-data demo-data
 	  --format checkpoint-fp16 --out $(TWO_AREAS),export)
 	@$(call timed,$(VENV)/bin/imposing-ros calibrate --model $(TWO_AREAS) --scene helsinki \
 	  --data $(CALIBRATION),calibrate)
+	@# The suburb has no traversal to spare for the covariance fit: its int8 images only.
+	@$(call timed,$(VENV)/bin/imposing-ros calibrate --model $(TWO_AREAS) --scene suburb \
+	  --images-only --data data/suburb/s2_overcast_autumn,calibrate suburb int8)
 	@$(call timed,$(VENV)/bin/imposing-ros evaluate --model $(TWO_AREAS) --scene suburb \
 	  --data $(SUBURB_HELDOUT) --backend torch --json runs/two_areas_joint/suburb.json,evaluate)
 	@$(call timed,$(VENV)/bin/imposing-ros evaluate --model $(TWO_AREAS) --scene helsinki \

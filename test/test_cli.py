@@ -180,6 +180,7 @@ def test_calibrate_fits_the_published_covariance(folders, tmp_path):
     from imposing_ros.localization.calibration import fit_scale
     from imposing_ros.localization.localizer import Localizer
     from imposing_ros.model.checkpoint import read_checkpoint
+    from imposing_ros.runtime.int8 import CHECKPOINT_KEY
 
     # Squared distances at factor 1: the fitted factor puts 95 % of them inside the ellipse.
     d2 = np.linspace(0.0, 100.0, 101)
@@ -197,6 +198,13 @@ def test_calibrate_fits_the_published_covariance(folders, tmp_path):
     fitted = Localizer.from_checkpoint(out, backend='torch').localize(image)
     assert np.allclose(fitted.pose, raw.pose)
     assert np.allclose(fitted.covariance, scale * raw.covariance)
+    # Images only: the scene's int8 images replaced, the fitted scale kept.
+    again = tmp_path / 'images_only.pt'
+    assert cli.main(['calibrate', '--model', str(out), '--data', str(train), '--images-only',
+                     '--out', str(again)]) == 0
+    stored, redone = read_checkpoint(out), read_checkpoint(again)
+    assert redone['covariance_scale'] == scale
+    assert redone[CHECKPOINT_KEY].keys() == stored[CHECKPOINT_KEY].keys()
     with pytest.raises(ValueError, match='at least 10'):
         fit_scale(np.ones(5))
 
