@@ -141,6 +141,11 @@ def test_auto_builds_int8_from_the_checkpoint_images(model, tmp_path, caplog, mo
     with caplog.at_level(logging.INFO, logger='imposing_ros.runtime'):
         second = Localizer.from_checkpoint(path, config=config, engine_cache=str(programs))
     assert 'building' not in caplog.text and second.backend_name == first.backend_name
+    # Asked for by name, int8 builds its programs from the same images where none are cached.
+    named = Localizer.from_checkpoint(path, config=config, backend='torch-int8',
+                                      engine_cache=str(tmp_path / 'named'))
+    assert named.backend_name == 'torch-int8'
+    assert len(list((tmp_path / 'named').glob('*-int8-*.pt2'))) == 2
 
 
 def test_missing_programs_name_the_export_command(model, tmp_path):

@@ -111,8 +111,9 @@ def select_backend(name: str, model: ImPosing, scene: str | None = None,
         if inductor == 'off':
             raise ValueError('the torch-int8 backend runs through inductor: '
                              'inductor cannot be off')
+        # Programs not cached yet are built from the model's calibration images, as auto does.
         return Int8Backend(model, scene, device, cache_dir=cache_dir,
-                           num_candidates=num_candidates)
+                           num_candidates=num_candidates, calibration_images=calibration_images)
     precision = {'torch': 'fp32', 'torch-bf16': 'bf16', 'torch-fp16': 'fp16'}[resolved]
     backend = backends.TorchBackend(model, scene, device, precision, inductor=use_inductor)
     if name == 'auto':
