@@ -153,8 +153,7 @@ class SceneLocalizer:
 
     @property
     def backend_names(self) -> dict[str, str]:
-        """The concrete backend of every scene (each chose its own: int8 needs a scene's
-        calibration images)."""
+        """The concrete backend of every scene (int8 needs each scene's own calibration images)."""
         return {name: loc.backend_name for name, loc in self.localizers.items()}
 
     def set_scene(self, scene: str) -> None:
