@@ -186,7 +186,7 @@ def test_calibrate_fits_the_published_covariance(folders, tmp_path):
     d2 = np.linspace(0.0, 100.0, 101)
     k = fit_scale(d2)
     assert np.mean(d2 / k <= CHI2_2DOF_95) == pytest.approx(0.95, abs=0.011)
-    root, train, _ = folders
+    root, train, test = folders
     out = tmp_path / 'calibrated.pt'
     assert cli.main(['calibrate', '--model', str(root / 'run' / 'last.pt'), '--data', str(train),
                      '--frames', '12', '--out', str(out)]) == 0
@@ -198,13 +198,16 @@ def test_calibrate_fits_the_published_covariance(folders, tmp_path):
     fitted = Localizer.from_checkpoint(out, backend='torch').localize(image)
     assert np.allclose(fitted.pose, raw.pose)
     assert np.allclose(fitted.covariance, scale * raw.covariance)
-    # Images only: the scene's int8 images replaced, the fitted scale kept.
+    # Images only, from the 6 test frames (too few for a fit, which would refuse them): the
+    # scene's int8 images replaced by those frames', the fitted scale kept.
     again = tmp_path / 'images_only.pt'
-    assert cli.main(['calibrate', '--model', str(out), '--data', str(train), '--images-only',
+    assert cli.main(['calibrate', '--model', str(out), '--data', str(test), '--images-only',
                      '--out', str(again)]) == 0
     stored, redone = read_checkpoint(out), read_checkpoint(again)
     assert redone['covariance_scale'] == scale
     assert redone[CHECKPOINT_KEY].keys() == stored[CHECKPOINT_KEY].keys()
+    (scene,) = stored[CHECKPOINT_KEY]
+    assert len(redone[CHECKPOINT_KEY][scene]) == 6 != len(stored[CHECKPOINT_KEY][scene])
     with pytest.raises(ValueError, match='at least 10'):
         fit_scale(np.ones(5))
 
