@@ -193,17 +193,28 @@ def test_playlist_restamps_later_bags_and_counts_wrong_maps_as_misses(tiny_bag):
 @pytest.mark.ros
 @pytest.mark.slow
 def test_demo_end_to_end(tiny_bag):
+    """The bag twice over DDS, with a Foxglove client on the live view (``demo --foxglove``)."""
     model, bag, params, folder = tiny_bag
-    out = folder / 'summary.json'
+    out, log = folder / 'summary.json', folder / 'demo.log'
+    port = _free_port()
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
-    proc = subprocess.run(
-        [sys.executable, '-m', 'imposing_ros.cli', 'demo', '--model', str(model), '--bag',
-         str(bag), str(bag), '--params', str(params), '--use-filter', 'false', '--json',
-         str(out)],
-        capture_output=True, text=True, env=env, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert f'frames: {2 * FRAMES} images played' in proc.stdout
-    assert 'frame failed' not in proc.stdout + proc.stderr, proc.stderr[-3000:]
+    with open(log, 'w') as sink:
+        proc = subprocess.Popen(
+            [sys.executable, '-m', 'imposing_ros.cli', 'demo', '--model', str(model), '--bag',
+             str(bag), str(bag), '--params', str(params), '--use-filter', 'false', '--json',
+             str(out), '--foxglove', str(port)],
+            stdout=sink, stderr=subprocess.STDOUT, text=True, env=env)
+        try:
+            received = _watch_live_view(proc, port, timeout_s=240)
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    output = log.read_text()
+    assert proc.returncode == 0, output[-3000:]
+    assert f'frames: {2 * FRAMES} images played' in output
+    assert 'frame failed' not in output, output[-3000:]
     summary = json.loads(out.read_text())
     # The bag twice: the second pass restamped after the first (deserialized, re-published).
     assert summary['images_sent'] == 2 * FRAMES
@@ -215,6 +226,58 @@ def test_demo_end_to_end(tiny_bag):
     assert math.isfinite(summary['median_error_m'])
     assert summary['latency_ms']['p50'] > 0
     assert summary['localizer backend'] in CPU_AUTO_BACKENDS  # auto: timed at load
+    # The client connected during the run received the run's messages.
+    for topic in ('/camera/image_raw/compressed', '/imposing_localizer/pose',
+                  '/imposing_localizer/candidates', '/ground_truth/pose'):
+        assert received.get(topic, 0) > 0, received
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _watch_live_view(proc, port, timeout_s):
+    """Messages per topic a Foxglove client on ``proc``'s live view receives until it ends.
+
+    The client subscribes to every channel the server advertises.
+    """
+    import time
+
+    from websockets.sync.client import connect
+
+    counts, topics = {}, {}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            ws = connect(f'ws://127.0.0.1:{port}', subprotocols=['foxglove.sdk.v1'],
+                         open_timeout=2)
+            break
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, 'no live view'
+            time.sleep(0.5)
+    with ws:
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                data = ws.recv(timeout=1)
+            except TimeoutError:
+                continue
+            except Exception:  # the demo ended and closed the server
+                break
+            if isinstance(data, str):
+                op = json.loads(data)
+                if op['op'] == 'advertise':
+                    new = [c for c in op['channels'] if c['id'] not in topics.values()]
+                    topics.update({c['topic']: c['id'] for c in new})
+                    ws.send(json.dumps({'op': 'subscribe', 'subscriptions': [
+                        {'id': c['id'], 'channelId': c['id']} for c in new]}))
+            elif data[0] == 0x01:  # message data: subscription id, log time, payload
+                sub = int.from_bytes(data[1:5], 'little')
+                counts[sub] = counts.get(sub, 0) + 1
+    return {topic: counts.get(i, 0) for topic, i in topics.items()}
 
 
 @pytest.mark.ros
@@ -269,63 +332,3 @@ def test_demo_without_model_fails_clearly(tmp_path):
     assert proc.returncode == 2
     assert f'model {tmp_path / "no.pt"} not found' in proc.stderr
     assert not (tmp_path / 'bag').exists()  # failed before simulating anything
-
-
-@pytest.mark.ros
-@pytest.mark.slow
-def test_demo_serves_the_live_view_to_a_client(tiny_bag):
-    """A Foxglove client connected during ``demo --foxglove`` receives the run's messages."""
-    pytest.importorskip('foxglove', reason='foxglove-sdk is not installed')
-    import socket
-    import time
-
-    from websockets.sync.client import connect
-
-    model, bag, params, _ = tiny_bag
-    with socket.socket() as s:  # a free port
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, OMP_NUM_THREADS='1', ROS_DOMAIN_ID='87')
-    proc = subprocess.Popen(
-        [sys.executable, '-m', 'imposing_ros.cli', 'demo', '--model', str(model), '--bag',
-         str(bag), '--params', str(params), '--use-filter', 'false', '--foxglove', str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    counts, topics = {}, {}
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                ws = connect(f'ws://127.0.0.1:{port}', subprotocols=['foxglove.sdk.v1'],
-                             open_timeout=2)
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, 'no live view'
-                time.sleep(0.5)
-        with ws:
-            while proc.poll() is None and time.monotonic() < deadline:
-                try:
-                    data = ws.recv(timeout=1)
-                except TimeoutError:
-                    continue
-                except Exception:  # the demo ended and closed the server
-                    break
-                if isinstance(data, str):
-                    op = json.loads(data)
-                    if op['op'] == 'advertise':
-                        new = [c for c in op['channels'] if c['id'] not in topics.values()]
-                        topics.update({c['topic']: c['id'] for c in new})
-                        ws.send(json.dumps({'op': 'subscribe', 'subscriptions': [
-                            {'id': c['id'], 'channelId': c['id']} for c in new]}))
-                elif data[0] == 0x01:  # message data: subscription id, log time, payload
-                    sub = int.from_bytes(data[1:5], 'little')
-                    counts[sub] = counts.get(sub, 0) + 1
-        output, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, output[-3000:]
-    received = {topic: counts.get(i, 0) for topic, i in topics.items()}
-    for topic in ('/camera/image_raw/compressed', '/imposing_localizer/pose',
-                  '/imposing_localizer/candidates', '/ground_truth/pose'):
-        assert received.get(topic, 0) > 0, received

@@ -9,7 +9,7 @@ from imposing_ros.data.synthetic import SyntheticRoad
 from imposing_ros.evaluation.metrics import pose_errors, summarize
 from imposing_ros.localization.localizer import Localizer, LocalizerConfig, search_batch
 from imposing_ros.localization.search import SearchConfig
-from imposing_ros.model.checkpoint import load_model
+from imposing_ros.model.checkpoint import load_model, read_checkpoint
 from imposing_ros.model.encoders import ModelConfig
 from imposing_ros.training.losses import score_loss, target_scores
 from imposing_ros.training.trainer import build_scene_map, SceneData, train, TrainConfig
@@ -182,7 +182,8 @@ def test_lr_schedule():
     assert config.lr_factor(1.0) == pytest.approx(0.5 * (1.1 + 0.9 * np.cos(np.pi / 10)))
     assert config.lr_factor(10.0) == pytest.approx(0.1)
     assert TrainConfig(epochs=10).lr_factor(7.3) == 1.0  # constant, as the paper
-    for bad in (dict(lr_schedule='step'), dict(precision='fp16'), dict(warmup_epochs=-1)):
+    for bad in (dict(lr_schedule='step'), dict(precision='fp16'), dict(warmup_epochs=-1),
+                dict(checkpoint_every=0)):
         with pytest.raises(ValueError):
             TrainConfig(**bad)
 
@@ -220,9 +221,11 @@ def test_stages_stop_after_and_init_from(road_data, tmp_path):
     scenes = {'road': SceneData(CachedPosedImages(train_cache, np.arange(32)), None,
                                 road.reference_poses())}
     first = train(scenes, tmp_path / 'one', MODEL,
-                  train_config(3, val_every=0, lr_schedule='cosine'), SEARCH,
-                  resume=False, stop_after=1)
+                  train_config(3, val_every=0, lr_schedule='cosine', checkpoint_every=2),
+                  SEARCH, resume=False, stop_after=1)
     assert [h['epoch'] for h in first.history] == [1]  # 1 epoch of a 3-epoch schedule
+    # written where the run stopped, though not at a checkpoint_every boundary
+    assert read_checkpoint(first.checkpoint)['epoch'] == 1
     assert first.history[0]['lr'] > 0.5 * 1e-3  # the schedule of 3 epochs, not of 1
     second = train(scenes, tmp_path / 'two', MODEL, train_config(1, val_every=0, lambda_t=15.0),
                    SEARCH, resume=False, init_from=first.checkpoint)

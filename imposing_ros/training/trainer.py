@@ -179,8 +179,9 @@ def train(scenes: dict[str, SceneData], out: str | Path, model_config: ModelConf
     """Train a (multi-scene) model (see :class:`TrainResult`).
 
     ``out`` is a directory: ``last.pt`` (with the optimizer state, to resume) is written every
-    ``checkpoint_every`` epochs and ``best.pt`` (weights only) at the best validation median
-    error. An existing ``last.pt`` is resumed when ``resume`` is set (its configs must match).
+    ``checkpoint_every`` epochs and at the run's last epoch, and ``best.pt`` (weights only) at
+    the best validation median error. An existing ``last.pt`` is resumed when ``resume`` is
+    set (its configs must match).
     ``init_from``: a checkpoint of the same architecture whose weights and maps a new run
     starts from (a second stage with other training settings; fresh optimizer and schedule).
     ``stop_after``: stop once this many epochs of the configured schedule are done (the run
