@@ -137,6 +137,10 @@ class LiveViewNode(QuietSubscriptions, Node):
         # A context of its own: the server advertises these channels only (and two views in
         # one process, as in the tests, do not share channels).
         self._fox_context = fox.Context()
+        # Channels before the server: a client connecting at once is sent all of them in its
+        # first advertisement (a channel added while a client subscribes was refused as
+        # 'unknown channel' by foxglove-sdk 0.30 under load, and that stream stayed empty).
+        self._subscribe(fox)
         try:
             self._server = fox.start_server(name=self.get_fully_qualified_name(), host=HOST,
                                             port=v['port'], context=self._fox_context)
@@ -144,11 +148,6 @@ class LiveViewNode(QuietSubscriptions, Node):
             raise RuntimeError(f'live view: cannot serve on {HOST}:{v["port"]}: {exc} (a '
                                'program uses that port? choose another: --foxglove PORT)'
                                ) from exc
-        try:
-            self._subscribe(fox)
-        except Exception:
-            self._server.stop()
-            raise
         self.get_logger().info(
             f'Foxglove live view on ws://{HOST}:{self.port} (Foxglove: Open connection, then '
             f'import the layout config/foxglove_layout.json), or open {self.app_url}')
