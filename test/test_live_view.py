@@ -287,6 +287,35 @@ def test_view_serves_the_localizer_to_a_foxglove_client():
     assert time.monotonic() - started < 30
 
 
+def test_a_client_connecting_as_the_server_starts_gets_every_channel(monkeypatch):
+    """A client that connects the moment the server listens is advertised all channels at once.
+
+    Channels added after a client connected were refused as 'unknown channel' when it
+    subscribed under load (foxglove-sdk 0.30), and that stream stayed empty.
+    """
+    start_server, first_advertised = foxglove.start_server, set()
+
+    def start_and_connect(**kwargs):
+        server = start_server(**kwargs)
+        with connect(f'ws://127.0.0.1:{server.port}', subprotocols=['foxglove.sdk.v1'],
+                     open_timeout=5) as ws:
+            try:
+                while True:
+                    op = json.loads(ws.recv(timeout=1))
+                    if op['op'] == 'advertise':
+                        first_advertised.update(c['topic'] for c in op['channels'])
+                        break
+            except TimeoutError:  # nothing advertised
+                pass
+        return server
+
+    monkeypatch.setattr(foxglove, 'start_server', start_and_connect)
+    view = live_view.LiveView(port=0, image_topic='camera/image_raw',
+                              image_transport='compressed')
+    view.close()
+    assert first_advertised == set(EXPECTED_CHANNELS)
+
+
 def test_a_busy_port_is_a_clear_error_and_namespaces_apply():
     first = live_view.LiveView(port=0, truth_topic='')
     try:
