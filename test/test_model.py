@@ -131,6 +131,28 @@ def test_checkpoint_errors_name_the_file(tmp_path):
         load_model(tmp_path / 'foreign.pt')
 
 
+def test_preprocess_resizes_as_pillow_and_the_training_cache_do():
+    # Training reads images the cache resized; the localizer must feed the networks the same
+    # pixels. Pillow's antialiased bilinear is the reference (the cache used it before).
+    from PIL import Image
+
+    from imposing_ros.data.cache import resize_image
+    from imposing_ros.model.preprocess import preprocess
+
+    rng = np.random.default_rng(1)
+    for shape, size in [((1080, 1920), (68, 120)), ((270, 480), (135, 240)),
+                        ((101, 333), (68, 120)), ((50, 60), (68, 120))]:
+        image = rng.integers(0, 256, (*shape, 3), np.uint8)
+        image.flags.writeable = False  # as decoded images often are
+        reference = np.asarray(Image.fromarray(image).resize(size[::-1], Image.BILINEAR))
+        cached = resize_image(image, size)
+        assert cached.shape == (*size, 3) and cached.dtype == np.uint8
+        difference = np.abs(cached.astype(int) - reference)
+        assert difference.max() <= 1 and (difference > 0).mean() < 0.005, shape
+        network_input = preprocess(image, size)[0].permute(1, 2, 0).numpy()
+        np.testing.assert_array_equal(network_input, cached / np.float32(255))
+
+
 def test_preprocess_crops_to_the_model_aspect_on_request():
     from imposing_ros.model.preprocess import center_crop_box, preprocess
 

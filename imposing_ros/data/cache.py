@@ -19,21 +19,18 @@ import tempfile
 from typing import Iterable
 
 import numpy as np
-from PIL import Image
 import torch
 from torch.utils.data import Dataset
 
 from imposing_ros.data.frames import Frame
+from imposing_ros.model.preprocess import resize_uint8
 
 LOGGER = logging.getLogger('imposing_ros.data')
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize ``[H, W, 3]`` uint8 to ``size = (height, width)`` (bilinear, antialiased)."""
-    height, width = size
-    if image.shape[:2] == (height, width):
-        return image
-    return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+    """Resize ``[H, W, 3]`` uint8 to ``size = (height, width)``: the localizer's resize."""
+    return resize_uint8(image, size)[0].permute(1, 2, 0).numpy()
 
 
 class ImageCache:
