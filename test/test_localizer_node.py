@@ -79,6 +79,37 @@ def test_processing_median_covers_the_whole_run():
     assert not window and values['processing median since configure (ms)'] == pytest.approx(30.25)
 
 
+def test_candidate_markers_are_built_only_for_a_subscriber():
+    # Fifty arrows cost milliseconds of Python on the inference thread: skipped while unseen.
+    from types import SimpleNamespace
+
+    from imposing_ros.nodes.localizer_outputs import Outputs
+
+    class Publisher:
+        def __init__(self):
+            self.sent, self.subscribers = [], 0
+
+        def publish(self, msg):
+            self.sent.append(msg)
+
+        def get_subscription_count(self):
+            return self.subscribers
+
+    node = SimpleNamespace(create_lifecycle_publisher=lambda *a: Publisher(),
+                           create_publisher=lambda *a: Publisher())
+    outputs = Outputs(node)
+    result = SimpleNamespace(score=0.8, mode='tracking', candidates=np.tile(
+        [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0], (3, 1)), candidate_scores=np.array([0.8, 0.7, 0.6]))
+    publish = lambda: outputs.publish_result(result, np.eye(4), np.eye(4), np.eye(6),  # noqa: E731
+                                             Time().to_msg(), 'map', 50, True)
+    publish()
+    assert not outputs.markers.sent and len(outputs.pose.sent) == len(outputs.score.sent) == 1
+    outputs.markers.subscribers = 1
+    publish()
+    [array] = outputs.markers.sent
+    assert sum(m.ns == 'candidates' for m in array.markers) == 3
+
+
 @pytest.mark.parametrize('msg, reason', [
     (Image(height=4, width=4, encoding='32FC1', step=16, data=bytes(64)), 'unsupported encoding'),
     (Image(height=0, width=0, encoding='rgb8', step=0), 'empty image'),
