@@ -211,8 +211,8 @@ class Outputs:
                        map_frame: str, markers_count: int, publish_pose: bool) -> None:
         """A localized frame: score, candidate markers, and the pose when ``publish_pose``.
 
-        The markers are built only while something subscribes to them: fifty arrows are
-        ~5 ms of Python a frame on the inference thread (a sixth of a 30 Hz frame).
+        The markers are built only while something subscribes to them: fifty arrows were
+        3.7 ms of Python a frame on the inference thread (docs/design.md, 30 Hz replay).
         """
         self.score.publish(Float32(data=float(result.score)))
         if markers_count and self.markers.get_subscription_count():
