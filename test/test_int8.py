@@ -14,7 +14,7 @@ from imposing_ros.localization.localizer import Localizer, LocalizerConfig
 from imposing_ros.localization.search import level_sigmas, SearchConfig
 from imposing_ros.model.checkpoint import load_model
 from imposing_ros.model.encoders import ModelConfig
-from imposing_ros.runtime.backends import compiler_available, TorchBackend
+from imposing_ros.runtime.backends import compiler_available, float_similarity, TorchBackend
 from imposing_ros.runtime.int8 import calibration_poses, Int8Backend, Int8Programs
 from imposing_ros.runtime.select import resolve_backend_name, select_backend
 
@@ -72,6 +72,21 @@ def test_int8_runs_any_candidate_count_in_chunks_of_n(model, cache):
         rest = int8.encode_poses(poses[N:])
     assert whole.shape == (N + 44, TINY.dim)
     assert torch.allclose(whole, torch.cat([first, rest]))
+
+
+def test_int8_scores_its_codes_in_the_pose_program(model, cache):
+    # The search's levels score N candidates inside the compiled pose program: the same scores
+    # as encoding, then scoring; other shapes take that path.
+    int8 = Int8Backend(model, cache_dir=cache, num_candidates=N)
+    poses = model.maps['bench'].initial_poses[:N][None]
+    image = torch.nn.functional.normalize(torch.randn(2, TINY.dim), dim=-1)
+    with torch.no_grad():
+        fused = int8.steps.encode_score(image[:1], poses)
+        reference = float_similarity(image[:1], int8.encode_poses(poses))
+        assert fused.shape == (1, N) and torch.allclose(fused, reference, atol=1e-5)
+        other = model.maps['bench'].initial_poses[:N - 3][None].expand(2, -1, -1)
+        assert torch.allclose(int8.steps.encode_score(image, other),
+                              float_similarity(image, int8.encode_poses(other)), atol=1e-5)
 
 
 def test_int8_localizer_follows_fp32(model, cache):

@@ -259,12 +259,18 @@ class SearchSteps(NamedTuple):
     small ops). Eager by default; backends that compile pass compiled ones (each is then one or
     two C++ loops instead of a hundred small ops:
     :func:`imposing_ros.runtime.backends.compiled_search_steps`); tests pass an oracle score.
+
+    ``encode_score(image_codes [B, d], poses [B, N, 7]) -> [B, N]``, optional: a backend's pose
+    encoding and eq. 1 in one program, the codes scored where they are made instead of written
+    out and read back (int8: :class:`imposing_ros.runtime.int8.Int8Backend`); None: the search
+    encodes, then calls ``score``.
     """
 
     score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = similarity
     propose: Callable[..., torch.Tensor] = propose_level
     estimate: Callable[..., SearchResult] = estimate_pose
     perturb: Callable[..., torch.Tensor] = perturb_poses
+    encode_score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
 def hierarchical_search(image_codes: torch.Tensor,
@@ -290,8 +296,9 @@ def hierarchical_search(image_codes: torch.Tensor,
         steps: scoring, proposing and estimating (:class:`SearchSteps`; eager by default, a
             backend's compiled ones in the localizer).
         on_stage: called with a stage name after each stage (``level0``,
-            ``level1/topk+sample``, ``level1/encode``, ``level1/score``, ...); benchmarks time
-            stages with it. None in production: no extra work, no synchronisation.
+            ``level1/topk+sample``, ``level1/encode``, ``level1/score`` or, with
+            ``steps.encode_score``, ``level1/encode+score``, ...); benchmarks time stages with
+            it. None in production: no extra work, no synchronisation.
         sigmas: ``[K - 1, 6]`` proposer deviations of levels 1.. on the device (default: from
             ``config``); passing them keeps host-to-device copies out of a captured CUDA graph.
         initial_scores: ``[B, N]`` level-0 scores of shared ``initial_poses``, computed by the
@@ -315,7 +322,7 @@ def hierarchical_search(image_codes: torch.Tensor,
         candidates = initial_poses.expand(batch, *initial_poses.shape)
     else:
         candidates = initial_poses
-        scores = steps.score(image_codes, encode_poses(candidates))
+        scores = _encode_and_score(image_codes, candidates, encode_poses, steps)
     stage('level0')
     if on_level is not None:
         on_level(0, candidates, scores)
@@ -338,16 +345,28 @@ def hierarchical_search(image_codes: torch.Tensor,
                                    noise.normal[level - 1], sigmas[level - 1], top_k,
                                    last_refined, config.refine_sigma_factor)
         stage(f'level{level}/topk+sample')
-        codes = encode_poses(candidates)
-        stage(f'level{level}/encode')
-        scores = steps.score(image_codes, codes)
-        stage(f'level{level}/score')
+        if steps.encode_score is not None:
+            scores = steps.encode_score(image_codes, candidates)
+            stage(f'level{level}/encode+score')
+        else:
+            codes = encode_poses(candidates)
+            stage(f'level{level}/encode')
+            scores = steps.score(image_codes, codes)
+            stage(f'level{level}/score')
         if on_level is not None:
             on_level(level, candidates, scores)
     result = steps.estimate(candidates, scores, config.num_average, config.averaging,
                             last_refined)
     stage('average+covariance')
     return result._replace(levels=level + 1)
+
+
+def _encode_and_score(image_codes: torch.Tensor, poses: torch.Tensor, encode_poses: Callable,
+                      steps: SearchSteps) -> torch.Tensor:
+    """Scores ``[B, N]`` of ``poses [B, N, 7]``, in one call where the steps offer one."""
+    if steps.encode_score is not None:
+        return steps.encode_score(image_codes, poses)
+    return steps.score(image_codes, encode_poses(poses))
 
 
 def _floored(covariance: torch.Tensor) -> torch.Tensor:

@@ -277,7 +277,8 @@ def compiled_search_steps(inductor: bool) -> SearchSteps:
     eager = SearchSteps(score=float_similarity)
     if not inductor:
         return eager
-    return SearchSteps(*(torch.compile(step, dynamic=False) for step in eager))
+    return SearchSteps(*(torch.compile(step, dynamic=False)
+                         for step in (eager.score, eager.propose, eager.estimate, eager.perturb)))
 
 
 def compiler_available() -> bool:
