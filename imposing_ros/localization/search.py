@@ -345,14 +345,8 @@ def hierarchical_search(image_codes: torch.Tensor,
                                    noise.normal[level - 1], sigmas[level - 1], top_k,
                                    last_refined, config.refine_sigma_factor)
         stage(f'level{level}/topk+sample')
-        if steps.encode_score is not None:
-            scores = steps.encode_score(image_codes, candidates)
-            stage(f'level{level}/encode+score')
-        else:
-            codes = encode_poses(candidates)
-            stage(f'level{level}/encode')
-            scores = steps.score(image_codes, codes)
-            stage(f'level{level}/score')
+        scores = _encode_and_score(image_codes, candidates, encode_poses, steps, stage,
+                                   f'level{level}/')
         if on_level is not None:
             on_level(level, candidates, scores)
     result = steps.estimate(candidates, scores, config.num_average, config.averaging,
@@ -362,11 +356,21 @@ def hierarchical_search(image_codes: torch.Tensor,
 
 
 def _encode_and_score(image_codes: torch.Tensor, poses: torch.Tensor, encode_poses: Callable,
-                      steps: SearchSteps) -> torch.Tensor:
-    """Scores ``[B, N]`` of ``poses [B, N, 7]``, in one call where the steps offer one."""
+                      steps: SearchSteps, stage: Callable[[str], None] = lambda name: None,
+                      prefix: str = '') -> torch.Tensor:
+    """Scores ``[B, N]`` of ``poses [B, N, 7]``, in one call where the steps offer one.
+
+    ``stage`` is told ``prefix + 'encode+score'``, or ``'encode'`` then ``'score'``.
+    """
     if steps.encode_score is not None:
-        return steps.encode_score(image_codes, poses)
-    return steps.score(image_codes, encode_poses(poses))
+        scores = steps.encode_score(image_codes, poses)
+        stage(prefix + 'encode+score')
+        return scores
+    codes = encode_poses(poses)
+    stage(prefix + 'encode')
+    scores = steps.score(image_codes, codes)
+    stage(prefix + 'score')
+    return scores
 
 
 def _floored(covariance: torch.Tensor) -> torch.Tensor:
