@@ -86,8 +86,28 @@ def perturb_poses(poses: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor)
     """
     delta = noise * sigma
     translation = poses[..., :3] + delta[..., :3]
-    quat = roma.quat_product(poses[..., 3:], rpy_to_quat(delta[..., 3:]))
-    return torch.cat([translation, canonical_quat(quat)], dim=-1)
+    # q * q_rpy written out component by component, the same arithmetic as
+    # roma.quat_product(q, rpy_to_quat(rpy)) followed by canonical_quat (test_geometry.py checks
+    # it against scipy): inductor compiles roma's composition of three axis rotations into loops
+    # three wide, 2.2x slower (4096 poses, AVX-512 Xeon, 2 threads: 0.165 against 0.075 ms); the
+    # search perturbs every candidate of every level. ROS setRPY: q_rpy = q_z(yaw) q_y(pitch)
+    # q_x(roll).
+    half = 0.5 * delta[..., 3:]
+    cr, cp, cy = torch.cos(half).unbind(-1)
+    sr, sp, sy = torch.sin(half).unbind(-1)
+    dx = sr * cp * cy - cr * sp * sy
+    dy = cr * sp * cy + sr * cp * sy
+    dz = cr * cp * sy - sr * sp * cy
+    dw = cr * cp * cy + sr * sp * sy
+    x, y, z, w = poses[..., 3:].unbind(-1)
+    qx = w * dx + x * dw + y * dz - z * dy
+    qy = w * dy - x * dz + y * dw + z * dx
+    qz = w * dz + x * dy - y * dx + z * dw
+    qw = w * dw - x * dx - y * dy - z * dz
+    # Unit length, and the sign with w >= 0 (canonical_quat).
+    scale = torch.where(qw < 0, -1.0, 1.0) * torch.rsqrt(qx * qx + qy * qy + qz * qz + qw * qw)
+    quat = torch.stack([qx, qy, qz, qw], dim=-1) * scale[..., None]
+    return torch.cat([translation, quat], dim=-1)
 
 
 def weighted_quat_average(quats: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,11 @@ def test_benchmark_reports_every_stage():
     floor = hardware_floor(localizer, repeats=2)
     assert floor['floor_ms'] == pytest.approx(floor['image_encoder_ms']
                                               + 3 * floor['pose_encoder_ms'])
+    assert tracking['levels_run']['median'] == 2
+    # The floor counts the levels the frames ran: tracking's two, not the global search's three.
+    floor = hardware_floor(localizer, repeats=2, levels=2)
+    assert floor['levels'] == 2 and floor['floor_ms'] == pytest.approx(
+        floor['image_encoder_ms'] + 2 * floor['pose_encoder_ms'])
 
 
 def test_bench_and_export_commands(tmp_path, capsys):

@@ -200,3 +200,26 @@ def test_precomputed_level0_scores_and_sigmas_give_the_same_search():
                                                                  unit_codes(encode(initial))))
     assert torch.allclose(plain.pose, given.pose, atol=1e-5)
     assert torch.allclose(plain.candidate_scores, given.candidate_scores, atol=1e-6)
+
+
+def test_mixture_picks_components_by_the_inverse_cdf():
+    # sample_mixture counts the CDF entries at or below each draw (a vectorised loop once
+    # compiled): the component searchsorted(right=True) finds, ties and an all-zero row included.
+    from imposing_ros.localization.search import sample_mixture
+
+    g = torch.Generator().manual_seed(5)
+    centers = torch.zeros(3, 4, 7)
+    centers[..., 0] = torch.arange(4.0)  # x of a drawn pose = its component
+    centers[..., 6] = 1.0
+    weights = torch.tensor([[1.0, 1.0, 1.0, 1.0], [0.0, 2.0, 0.0, 6.0], [0.0, 0.0, 0.0, 0.0]])
+    uniform = torch.cat([torch.rand(3, 500, generator=g),
+                         torch.tensor([[0.0, 0.25, 0.5, 0.75]] * 3)], dim=1)
+    drawn = sample_mixture(centers, weights, uniform, torch.zeros(3, 504, 6), torch.zeros(6))
+    cdf = (weights + 1e-12).cumsum(-1)
+    cdf = cdf / cdf[:, -1:]
+    expected = torch.searchsorted(cdf, uniform, right=True).clamp_max(3)
+    assert torch.equal(drawn[..., 0].long(), expected)
+    # Components with no weight are not drawn (but by a draw of exactly 0, on the first); the
+    # all-zero row draws all four.
+    assert set(drawn[1, :500, 0].tolist()) == {1.0, 3.0}
+    assert set(drawn[2, :, 0].tolist()) == {0.0, 1.0, 2.0, 3.0}

