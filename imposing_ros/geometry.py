@@ -17,7 +17,8 @@ Conventions (they hold everywhere a pose crosses a boundary in this package):
 
 Rotation algebra comes from roma (batched torch) and transforms3d (scalar numpy); what neither
 offers (weighted averaging, the sync-free averaging for GPU graphs, covariance of a weighted pose
-set, map normalisation) is written here.
+set, map normalisation) is written here, and so is the search's perturbation, written out for
+speed (:func:`perturb_poses`; tested against scipy).
 """
 
 from __future__ import annotations
