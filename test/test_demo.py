@@ -141,7 +141,8 @@ def test_summary_counts_errors_and_failures(tiny_bag):
         matrix = info.truth_at(stamp).copy()
         matrix[1, 3] += 2.0
         poses.append((10.0 + i + 0.05, stamp, matrix, 'map'))
-    diagnostics = {'processing median since configure (ms)': '40.25', 'frames skipped': '0'}
+    diagnostics = {'processing median since configure (ms)': '40.25', 'frames skipped': '0',
+                   'frames processed': str(FRAMES - 2)}
     s = summarize(info, sent, poses, diagnostics)
     assert s['poses'] == len(localized) and s['frames_with_truth'] == FRAMES
     assert s['missed'] == FRAMES - len(localized)
@@ -151,6 +152,9 @@ def test_summary_counts_errors_and_failures(tiny_bag):
     assert s['images_per_s'] == pytest.approx(1.0)
     assert s['poses_per_s'] == pytest.approx((len(localized) - 1) / (localized[-1] - localized[0]))
     assert s['localizer processing median since configure (ms)'] == '40.25'
+    # Throughput apart from refusals: the share of the images the node processed, at their pace.
+    assert s['frames_processed_per_s'] == pytest.approx((FRAMES - 2) / FRAMES)
+    assert f'{(FRAMES - 2) / FRAMES:.1f} frames/s processed' in format_summary(s)
     assert s['latency_p50_over_processing'] == pytest.approx(50.0 / 40.25)
     assert 'latency p50 / localizer processing median: 1.24' in format_summary(s)
     # Misses count in every recall: 3 of 4 frames are within 5 m.

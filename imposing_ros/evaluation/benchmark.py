@@ -163,6 +163,7 @@ def live_entry(path: Path) -> dict:
         'frame_ms_p90': latency.get('p90', math.nan),
         'frames_skipped': demo.get('localizer frames skipped'),
         'poses_per_s': demo.get('poses_per_s', math.nan),
+        'frames_processed_per_s': demo.get('frames_processed_per_s', math.nan),
         'backend': demo.get('localizer backend'),
         'note': 'live over DDS (tracking + filter): latency image -> pose, end to end'}
 

@@ -84,6 +84,11 @@ def summarize(info, sent: dict, poses: list, diagnostics: dict) -> dict:
     for key in DIAGNOSTICS_KEPT:
         if key in diagnostics:
             summary[f'localizer {key}'] = diagnostics[key]
+    processed = _number(diagnostics.get('frames processed'))
+    if processed is not None and sent and 'images_per_s' in summary:
+        # The node's throughput apart from its refusals: frames it localized (a pose published
+        # or refused for a low score) at the pace the images came.
+        summary['frames_processed_per_s'] = summary['images_per_s'] * processed / len(sent)
     processing = _number(diagnostics.get(PROCESSING_KEY))
     if latencies and processing and processing > 0:
         # End-to-end latency (decode, DDS, queueing included) over the node's own time a frame.
@@ -139,7 +144,9 @@ def format_summary(s: dict) -> str:
         lines.append('  recall (all frames): ' + ', '.join(
             f'{k} {100 * v:.1f}%' for k, v in s['recall'].items()))
     if 'images_per_s' in s:
-        lines.append(f"  rate: {s['images_per_s']:.1f} images/s played, "
+        processed = (f"{s['frames_processed_per_s']:.1f} frames/s processed, "
+                     if 'frames_processed_per_s' in s else '')
+        lines.append(f"  rate: {s['images_per_s']:.1f} images/s played, {processed}"
                      f"{s.get('poses_per_s', 0.0):.1f} poses/s received")
     if 'latency_ms' in s:
         lines.append('  latency image->pose over DDS: ' + ', '.join(
