@@ -268,7 +268,8 @@ def report(summary: dict) -> str:
                          f'this comparison does not measure positions between reference images.')
     epochs = {k: v.get('trained_epochs') for k, v in offline.items()}
     if len(set(epochs.values())) > 1:
-        lines.append(f'Training budgets differ (epochs: {epochs}): the comparison is not yet '
+        listed = ', '.join(f'{k} {v}' for k, v in epochs.items())
+        lines.append(f'Training budgets differ (epochs: {listed}): the comparison is not '
                      f'at equal budget; each row says what its model had.')
     for name, row in methods.items():
         if 'note' in row:
