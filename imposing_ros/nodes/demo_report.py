@@ -84,7 +84,7 @@ def summarize(info, sent: dict, poses: list, diagnostics: dict) -> dict:
     for key in DIAGNOSTICS_KEPT:
         if key in diagnostics:
             summary[f'localizer {key}'] = diagnostics[key]
-    processed = _number(diagnostics.get('frames processed'))
+    processed = _number(diagnostics.get(PROCESSED_KEY))
     if processed is not None and sent and 'images_per_s' in summary:
         # The node's throughput apart from its refusals: frames it localized (a pose published
         # or refused for a low score) at the pace the images came.
@@ -99,7 +99,8 @@ def summarize(info, sent: dict, poses: list, diagnostics: dict) -> dict:
 # The node's run-long processing median (nodes/localizer_outputs.Stats); the other keys kept
 # from the last /diagnostics of the run ('latency median (ms)' there is its last 5 s only).
 PROCESSING_KEY = 'processing median since configure (ms)'
-DIAGNOSTICS_KEPT = ('frames processed', 'frames skipped', 'frames rejected', PROCESSING_KEY,
+PROCESSED_KEY = 'frames processed'
+DIAGNOSTICS_KEPT = (PROCESSED_KEY, 'frames skipped', 'frames rejected', PROCESSING_KEY,
                     'device', 'backend')
 
 
